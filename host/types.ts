@@ -1,0 +1,84 @@
+/**
+ * Public types of the host API (`sluice`). Kept apart from the engine so the server,
+ * operators and CLI can depend on the shape without the implementation.
+ */
+import type { ChunkData } from '../protocol/chunk.js';
+import type { Window } from '../protocol/credit.js';
+import type { SluiceError } from '../protocol/errors.js';
+import type { Limits } from '../protocol/limits.js';
+import type { ActionKind, LogLevel } from '../protocol/messages.js';
+import type { PluginManifest, SandboxKind } from '../sandbox/sdk.js';
+
+export type Priority = 'high' | 'normal' | 'low';
+export type Durability = 'none' | 'checkpoint' | 'log';
+export type StreamStatus = 'queued' | 'running' | 'done' | 'failed' | 'cancelled';
+
+export interface Chunk<T = ChunkData> {
+  readonly seq: number;
+  readonly data: T;
+}
+
+export interface Progress {
+  fraction: number;
+  message?: string;
+}
+
+export interface StreamOptions {
+  /** Override the manifest's sandbox. */
+  sandbox?: SandboxKind;
+  /** Override manifest limits for this call (still clamped by host policy). */
+  limits?: Partial<Limits>;
+  /** Credit window for this stream. */
+  window?: Partial<Window>;
+  priority?: Priority;
+  /** Aborting cancels the stream (queued or running). */
+  signal?: AbortSignal;
+  /** Durable streams are recorded in the store (see the durable-streams docs). */
+  durability?: Durability;
+  /** Caller-chosen stream id (must be unique among live streams); default a random UUID. */
+  id?: string;
+}
+
+export interface StreamResult {
+  status: Exclude<StreamStatus, 'queued' | 'running'>;
+  /** Action kind as reported by the sandbox, once known. */
+  kind?: ActionKind;
+  /** Chunks and estimated bytes the sandbox produced. */
+  chunks: number;
+  bytes: number;
+  error?: SluiceError;
+}
+
+export interface StreamEvents {
+  progress: [Progress];
+  log: [{ level: LogLevel; message: string }];
+  checkpoint: [{ seq: number; state: unknown }];
+  status: [StreamStatus];
+}
+
+/** A running (or queued) plugin stream: an async iterable of `{ seq, data }`, iterable once. */
+export interface SluiceStream<T = ChunkData> extends AsyncIterable<Chunk<T>> {
+  readonly id: string;
+  readonly plugin: string;
+  readonly action: string;
+  readonly status: StreamStatus;
+  /** Latest progress reported by the plugin. */
+  readonly progress: Progress | undefined;
+  /** Settles when the stream ends; never rejects (the error is in the result). */
+  readonly result: Promise<StreamResult>;
+  /** Cooperative cancel, then a hard stop after the host's grace period. Idempotent. */
+  cancel(reason?: string): Promise<StreamResult>;
+  on<E extends keyof StreamEvents>(event: E, listener: (...args: StreamEvents[E]) => void): this;
+  off<E extends keyof StreamEvents>(event: E, listener: (...args: StreamEvents[E]) => void): this;
+}
+
+export interface PluginInfo {
+  name: string;
+  version: string;
+  description?: string;
+  sandbox: SandboxKind;
+  /** Absolute path of the plugin's entry module. */
+  path: string;
+  manifest: PluginManifest;
+  actions: Record<string, { kind: ActionKind; description?: string }>;
+}

@@ -1,0 +1,104 @@
+/**
+ * Credit-window arithmetic, shared by both ends of the data path.
+ *
+ * The host grants the sandbox credit for `chunks` chunks and `bytes` bytes. The
+ * sandbox spends one chunk and the chunk's size per chunk it produces and does not
+ * ask the plugin for another chunk while either balance is zero or below: so it can
+ * overshoot the byte window by at most one chunk, never the chunk window. The host
+ * returns credit as its consumer takes chunks, in slices of at least half a window,
+ * so credit messages stay rare while the window never drains under a steady reader.
+ */
+import { assertInteger } from './assert.js';
+
+export interface Window {
+  /** Chunks the sandbox may have in flight (produced, not yet consumed). */
+  chunks: number;
+  /** Estimated bytes the sandbox may have in flight; may be overshot by one chunk. */
+  bytes: number;
+}
+
+export const DEFAULT_WINDOW: Readonly<Window> = Object.freeze({ chunks: 256, bytes: 1024 * 1024 });
+export const MAX_WINDOW_CHUNKS = 1 << 20;
+export const MAX_WINDOW_BYTES = 1 << 30;
+
+export function parseWindow(value: unknown, field = 'window'): Window {
+  const w = value as Partial<Window> | undefined;
+  assertInteger(w?.chunks, `${field}.chunks`, 'ERR_INVALID_ARGUMENT', 1, MAX_WINDOW_CHUNKS);
+  assertInteger(w?.bytes, `${field}.bytes`, 'ERR_INVALID_ARGUMENT', 1, MAX_WINDOW_BYTES);
+  return { chunks: w.chunks, bytes: w.bytes };
+}
+
+/** Sandbox side: the balance the producer may spend. */
+export class CreditBalance {
+  chunks: number;
+  bytes: number;
+  constructor(initial: Window) {
+    this.chunks = initial.chunks;
+    this.bytes = initial.bytes;
+  }
+  get available(): boolean {
+    return this.chunks > 0 && this.bytes > 0;
+  }
+  spend(bytes: number): void {
+    this.chunks -= 1;
+    this.bytes -= bytes;
+  }
+  grant(chunks: number, bytes: number): void {
+    this.chunks += chunks;
+    this.bytes += bytes;
+  }
+}
+
+/**
+ * Host side: tracks what the sandbox may still send (to reject a sandbox that
+ * overspends) and what the consumer has taken back (to return credit in slices).
+ */
+export class CreditLedger {
+  /** Credit the sandbox has not yet used. */
+  private outstandingChunks: number;
+  private outstandingBytes: number;
+  /** Consumed since the last grant, waiting to be returned. */
+  private pendingChunks = 0;
+  private pendingBytes = 0;
+
+  constructor(readonly window: Window) {
+    this.outstandingChunks = window.chunks;
+    this.outstandingBytes = window.bytes;
+  }
+
+  /**
+   * Record a batch received from the sandbox. Returns false when it overspent its
+   * credit: the chunk window exactly, the byte window by more than the batch's largest chunk.
+   */
+  receive(chunks: number, bytes: number, largestChunk: number): boolean {
+    if (chunks > this.outstandingChunks) return false;
+    // The sandbox produces a chunk only while its byte balance is positive, so a batch
+    // can end at most one chunk's size past zero.
+    if (chunks > 0 && (this.outstandingBytes <= 0 || bytes >= this.outstandingBytes + largestChunk)) return false;
+    this.outstandingChunks -= chunks;
+    this.outstandingBytes -= bytes;
+    return true;
+  }
+
+  /**
+   * Record chunks the consumer took. Returns the grant to send now, or undefined while
+   * the pending amount is under half a window (so grants are batched).
+   */
+  consume(chunks: number, bytes: number): Window | undefined {
+    this.pendingChunks += chunks;
+    this.pendingBytes += bytes;
+    if (this.pendingChunks * 2 < this.window.chunks && this.pendingBytes * 2 < this.window.bytes) return undefined;
+    return this.flush();
+  }
+
+  /** Return everything consumed so far (used when the consumer is idle and waiting). */
+  flush(): Window | undefined {
+    if (this.pendingChunks === 0 && this.pendingBytes === 0) return undefined;
+    const grant = { chunks: this.pendingChunks, bytes: this.pendingBytes };
+    this.outstandingChunks += grant.chunks;
+    this.outstandingBytes += grant.bytes;
+    this.pendingChunks = 0;
+    this.pendingBytes = 0;
+    return grant;
+  }
+}

@@ -1,0 +1,147 @@
+/**
+ * The data path between the host and a sandbox: one discriminated union per
+ * direction, tagged by `type`. Both ends parse what they receive (`parseToSandbox`,
+ * `parseFromSandbox`): a sandbox is untrusted, and a host message that fails to parse
+ * means a bug worth a coded error rather than undefined behaviour.
+ *
+ * Per-chunk traffic is `batch` one way and `credit` the other; everything else is
+ * rare. The control plane (load a plugin, health, stats) is comlink, not this.
+ */
+import { assertInteger, assertNumber, assertObject, assertOneOf, assertString, fail, isObject, type Obj } from './assert.js';
+import { isErrorCode, type WireError } from './errors.js';
+import type { Limits } from './limits.js';
+import { parseWindow, type Window } from './credit.js';
+
+export type ActionKind = 'unary' | 'stream';
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
+
+export interface Resume {
+  /** Seq of the first chunk the resumed run will produce (chunks 0..seq-1 were delivered). */
+  seq: number;
+  state: unknown;
+}
+
+/** Everything a sandbox needs to run one stream. */
+export interface StartSpec {
+  streamId: string;
+  action: string;
+  params: unknown;
+  window: Window;
+  /** Only the limits a sandbox enforces itself; wall, idle, bytes and chunk counts are the host's. */
+  limits: Pick<Limits, 'maxChunkBytes' | 'memoryMb' | 'cpuMs'>;
+  resume?: Resume;
+}
+
+// ---- host -> sandbox -------------------------------------------------------------
+
+export type ToSandbox =
+  | { type: 'credit'; chunks: number; bytes: number }
+  | { type: 'cancel'; reason: string };
+
+// ---- sandbox -> host -------------------------------------------------------------
+
+export type FromSandbox =
+  /** Chunks `firstSeq .. firstSeq + chunks.length - 1`, in order. `bytes` is their estimated total size. */
+  | { type: 'batch'; firstSeq: number; chunks: unknown[]; bytes: number; largest: number }
+  | { type: 'progress'; fraction: number; message?: string }
+  /** State after the first `seq` chunks; always sent after the batch holding chunk seq-1. */
+  | { type: 'checkpoint'; seq: number; state: unknown }
+  | { type: 'log'; level: LogLevel; message: string }
+  /** The action finished; `kind` says whether it was unary or streaming. */
+  | { type: 'end'; kind: ActionKind }
+  | { type: 'error'; error: WireError };
+
+export const MAX_LOG_MESSAGE = 8192;
+
+export function parseToSandbox(data: unknown): ToSandbox {
+  assertObject(data, 'message', 'ERR_PROTOCOL');
+  switch (data.type) {
+    case 'credit':
+      assertInteger(data.chunks, 'credit.chunks', 'ERR_PROTOCOL');
+      assertInteger(data.bytes, 'credit.bytes', 'ERR_PROTOCOL');
+      return { type: 'credit', chunks: data.chunks, bytes: data.bytes };
+    case 'cancel':
+      return { type: 'cancel', reason: typeof data.reason === 'string' ? data.reason : 'cancelled' };
+    default:
+      return fail('ERR_PROTOCOL', 'message.type', "'credit' or 'cancel'", data.type);
+  }
+}
+
+export function parseWireError(value: unknown, field = 'error'): WireError {
+  assertObject(value, field, 'ERR_PROTOCOL');
+  if (!isErrorCode(value.code)) fail('ERR_PROTOCOL', `${field}.code`, 'a known error code', value.code);
+  const message = typeof value.message === 'string' ? value.message.slice(0, MAX_LOG_MESSAGE) : String(value.code);
+  const wire: WireError = { code: value.code, message };
+  if (value.retriable === true) wire.retriable = true;
+  if (typeof value.stack === 'string') wire.stack = value.stack.slice(0, 8 * MAX_LOG_MESSAGE);
+  if (isObject(value.details)) wire.details = value.details;
+  return wire;
+}
+
+/**
+ * Parse a message from a sandbox. Chunk contents are not inspected here: the sandbox
+ * boundary (the worker runtime or the isolate's supervisor) already copied and
+ * validated them; this checks the envelope the host relies on.
+ */
+export function parseFromSandbox(data: unknown): FromSandbox {
+  assertObject(data, 'message', 'ERR_PROTOCOL');
+  switch (data.type) {
+    case 'batch': {
+      assertInteger(data.firstSeq, 'batch.firstSeq', 'ERR_PROTOCOL');
+      if (!Array.isArray(data.chunks) || data.chunks.length === 0) fail('ERR_PROTOCOL', 'batch.chunks', 'a non-empty array', data.chunks);
+      assertInteger(data.bytes, 'batch.bytes', 'ERR_PROTOCOL');
+      assertInteger(data.largest, 'batch.largest', 'ERR_PROTOCOL');
+      return { type: 'batch', firstSeq: data.firstSeq, chunks: data.chunks, bytes: data.bytes, largest: data.largest };
+    }
+    case 'progress': {
+      assertNumber(data.fraction, 'progress.fraction', 'ERR_PROTOCOL', 0, 1);
+      const msg: FromSandbox = { type: 'progress', fraction: data.fraction };
+      if (data.message !== undefined) {
+        assertString(data.message, 'progress.message', 'ERR_PROTOCOL', MAX_LOG_MESSAGE);
+        msg.message = data.message;
+      }
+      return msg;
+    }
+    case 'checkpoint':
+      assertInteger(data.seq, 'checkpoint.seq', 'ERR_PROTOCOL');
+      return { type: 'checkpoint', seq: data.seq, state: data.state };
+    case 'log':
+      assertOneOf(data.level, LOG_LEVELS, 'log.level', 'ERR_PROTOCOL');
+      if (typeof data.message !== 'string') fail('ERR_PROTOCOL', 'log.message', 'a string', data.message);
+      return { type: 'log', level: data.level, message: data.message.slice(0, MAX_LOG_MESSAGE) };
+    case 'end':
+      assertOneOf(data.kind, ['unary', 'stream'] as const, 'end.kind', 'ERR_PROTOCOL');
+      return { type: 'end', kind: data.kind };
+    case 'error':
+      return { type: 'error', error: parseWireError(data.error) };
+    default:
+      return fail('ERR_PROTOCOL', 'message.type', 'a sandbox message type', data.type);
+  }
+}
+
+/** Parse a StartSpec at the sandbox side (it arrives as a task argument or over a pipe). */
+export function parseStartSpec(data: unknown): StartSpec {
+  assertObject(data, 'start', 'ERR_PROTOCOL');
+  assertString(data.streamId, 'start.streamId', 'ERR_PROTOCOL');
+  assertString(data.action, 'start.action', 'ERR_PROTOCOL');
+  const limits = data.limits as Obj | undefined;
+  assertObject(limits, 'start.limits', 'ERR_PROTOCOL');
+  assertInteger(limits.maxChunkBytes, 'start.limits.maxChunkBytes', 'ERR_PROTOCOL');
+  assertInteger(limits.memoryMb, 'start.limits.memoryMb', 'ERR_PROTOCOL');
+  assertInteger(limits.cpuMs, 'start.limits.cpuMs', 'ERR_PROTOCOL');
+  const spec: StartSpec = {
+    streamId: data.streamId,
+    action: data.action,
+    params: data.params,
+    window: parseWindow(data.window, 'start.window'),
+    limits: { maxChunkBytes: limits.maxChunkBytes, memoryMb: limits.memoryMb, cpuMs: limits.cpuMs },
+  };
+  if (data.resume !== undefined) {
+    const r = data.resume as Obj;
+    assertObject(r, 'start.resume', 'ERR_PROTOCOL');
+    assertInteger(r.seq, 'start.resume.seq', 'ERR_PROTOCOL');
+    spec.resume = { seq: r.seq, state: r.state };
+  }
+  return spec;
+}

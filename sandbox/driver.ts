@@ -1,0 +1,266 @@
+/**
+ * The sandbox-side runtime of one stream: calls the action, pulls chunks from it only
+ * while it holds credit, copies and validates each chunk once, and sends them in
+ * batches. It has no Node imports so the same code runs in a worker thread and,
+ * bundled, inside an isolate; the environment differences are the `DriverEnv`.
+ *
+ * Ordering promise: every message reaches the host in the order the plugin caused
+ * it. A checkpoint, log line, end or error first flushes the chunks before it.
+ */
+import { CreditBalance } from '../protocol/credit.js';
+import { copyChunk, type ChunkData, type ChunkRules } from '../protocol/chunk.js';
+import { SluiceError, describeThrown, toWireError, type WireError } from '../protocol/errors.js';
+import type { ActionKind, FromSandbox, LogLevel, StartSpec, ToSandbox } from '../protocol/messages.js';
+import { MAX_LOG_MESSAGE } from '../protocol/messages.js';
+import { createAbort, type AbortPair } from './abort.js';
+import type { Action, PluginContext } from './sdk.js';
+
+export interface DriverEnv {
+  /** Send one message to the host (postMessage, or the isolate's emit callback). */
+  send(msg: FromSandbox): void;
+  /** Run `fn` soon, after pending microtasks: a batch then holds a tick's worth of chunks. */
+  later(fn: () => void): void;
+}
+
+/** A batch is sent early once it holds this many chunks or bytes. */
+export const MAX_BATCH_CHUNKS = 512;
+export const MAX_BATCH_BYTES = 256 * 1024;
+const CHUNK_DEPTH = 64;
+
+type Pull = { kind: 'stream'; iterator: AsyncIterator<unknown> | Iterator<unknown> } | { kind: 'unary'; value: unknown };
+
+/** The stream is over for the driver; the message that says why has been sent. */
+class Stop {}
+
+export class StreamDriver {
+  private readonly credit: CreditBalance;
+  private readonly rules: ChunkRules;
+  private readonly abort: AbortPair;
+  private nextSeq: number;
+  private batch: ChunkData[] = [];
+  private batchFirstSeq = 0;
+  private batchBytes = 0;
+  private batchLargest = 0;
+  private flushScheduled = false;
+  private progress: { fraction: number; message?: string } | undefined;
+  private creditWaiter: (() => void) | undefined;
+  private cancelled: string | undefined;
+  private finished = false;
+
+  constructor(
+    private readonly actions: Record<string, unknown>,
+    private readonly spec: StartSpec,
+    private readonly env: DriverEnv,
+  ) {
+    this.credit = new CreditBalance(spec.window);
+    this.rules = { maxDepth: CHUNK_DEPTH, maxChunkBytes: spec.limits.maxChunkBytes };
+    this.abort = createAbort();
+    this.nextSeq = spec.resume?.seq ?? 0;
+  }
+
+  onMessage(msg: ToSandbox): void {
+    switch (msg.type) {
+      case 'credit':
+        this.credit.grant(msg.chunks, msg.bytes);
+        if (this.credit.available) this.wake();
+        return;
+      case 'cancel':
+        if (this.cancelled !== undefined) return;
+        this.cancelled = msg.reason;
+        this.abort.abort(new SluiceError('ERR_CANCELLED', msg.reason));
+        this.wake();
+        return;
+    }
+  }
+
+  /** Run the action to its end. Never rejects: every outcome is a message to the host. */
+  async run(): Promise<void> {
+    let iterator: AsyncIterator<unknown> | Iterator<unknown> | undefined;
+    let kind: ActionKind = 'unary';
+    try {
+      const pull = await this.start();
+      if (pull.kind === 'unary') {
+        if (pull.value !== undefined) {
+          await this.waitForCredit();
+          this.push(pull.value);
+        }
+      } else {
+        kind = 'stream';
+        iterator = pull.iterator;
+        for (;;) {
+          await this.waitForCredit();
+          const step = await iterator.next();
+          if (step.done === true) {
+            iterator = undefined;
+            break;
+          }
+          this.push(step.value);
+          if (this.cancelled !== undefined) throw new Stop();
+        }
+      }
+      this.finish({ type: 'end', kind });
+    } catch (err) {
+      if (iterator !== undefined) await this.closeIterator(iterator);
+      this.finish({ type: 'error', error: this.wireError(err) });
+    }
+  }
+
+  private async start(): Promise<Pull> {
+    const fn = Object.prototype.hasOwnProperty.call(this.actions, this.spec.action) ? this.actions[this.spec.action] : undefined;
+    if (typeof fn !== 'function') {
+      throw new SluiceError('ERR_ACTION_NOT_FOUND', `Plugin has no action \`${this.spec.action}\``, { details: { action: this.spec.action } });
+    }
+    const out: unknown = (fn as Action).call(this.actions, this.spec.params, this.context());
+    if (out !== null && typeof out === 'object') {
+      const asyncIt = (out as { [Symbol.asyncIterator]?: unknown })[Symbol.asyncIterator];
+      if (typeof asyncIt === 'function') return { kind: 'stream', iterator: asyncIt.call(out) as AsyncIterator<unknown> };
+      // A sync generator streams too; a returned array is a unary result, not a stream.
+      if (isGeneratorObject(out)) return { kind: 'stream', iterator: out };
+    }
+    return { kind: 'unary', value: await out };
+  }
+
+  private context(): PluginContext {
+    const send = (level: LogLevel, args: unknown[]): void => {
+      this.flush();
+      this.env.send({ type: 'log', level, message: args.map(describeArg).join(' ').slice(0, MAX_LOG_MESSAGE) });
+    };
+    return Object.freeze({
+      signal: this.abort.signal,
+      streamId: this.spec.streamId,
+      resume: this.spec.resume === undefined ? undefined : Object.freeze({ ...this.spec.resume }),
+      progress: (fraction: number, message?: string) => {
+        if (typeof fraction !== 'number' || !(fraction >= 0 && fraction <= 1)) {
+          throw new SluiceError('ERR_INVALID_ARGUMENT', `ctx.progress expects a fraction in [0, 1], got ${describeArg(fraction)}`);
+        }
+        this.progress = typeof message === 'string' ? { fraction, message: message.slice(0, MAX_LOG_MESSAGE) } : { fraction };
+        this.scheduleFlush();
+      },
+      checkpoint: (state: ChunkData) => {
+        const copy = copyChunk(state, this.rules, 'checkpoint state');
+        this.flush();
+        this.env.send({ type: 'checkpoint', seq: this.nextSeq, state: copy.data });
+      },
+      log: Object.freeze({
+        debug: (...args: unknown[]) => send('debug', args),
+        info: (...args: unknown[]) => send('info', args),
+        warn: (...args: unknown[]) => send('warn', args),
+        error: (...args: unknown[]) => send('error', args),
+      }),
+    });
+  }
+
+  private push(value: unknown): void {
+    const { data, bytes } = copyChunk(value, this.rules);
+    if (this.batch.length === 0) this.batchFirstSeq = this.nextSeq;
+    this.batch.push(data);
+    this.batchBytes += bytes;
+    if (bytes > this.batchLargest) this.batchLargest = bytes;
+    this.nextSeq++;
+    this.credit.spend(bytes);
+    // Out of credit: the host must see these chunks before it can grant more.
+    if (!this.credit.available || this.batch.length >= MAX_BATCH_CHUNKS || this.batchBytes >= MAX_BATCH_BYTES) this.flush();
+    else this.scheduleFlush();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    this.env.later(() => {
+      this.flushScheduled = false;
+      if (!this.finished) this.flush();
+    });
+  }
+
+  private flush(): void {
+    if (this.batch.length > 0) {
+      const chunks = this.batch;
+      this.batch = [];
+      this.env.send({ type: 'batch', firstSeq: this.batchFirstSeq, chunks, bytes: this.batchBytes, largest: this.batchLargest });
+      this.batchBytes = 0;
+      this.batchLargest = 0;
+    }
+    if (this.progress !== undefined) {
+      const p = this.progress;
+      this.progress = undefined;
+      this.env.send(p.message === undefined ? { type: 'progress', fraction: p.fraction } : { type: 'progress', fraction: p.fraction, message: p.message });
+    }
+  }
+
+  private waitForCredit(): Promise<void> | void {
+    if (this.cancelled !== undefined) throw new Stop();
+    if (this.credit.available) return;
+    return new Promise<void>((resolve) => {
+      this.creditWaiter = resolve;
+    }).then(() => {
+      if (this.cancelled !== undefined) throw new Stop();
+    });
+  }
+
+  private wake(): void {
+    const w = this.creditWaiter;
+    this.creditWaiter = undefined;
+    w?.();
+  }
+
+  /** Let the plugin's `finally` run; a `finally` that never returns is the host's hard stop to deal with. */
+  private async closeIterator(iterator: AsyncIterator<unknown> | Iterator<unknown>): Promise<void> {
+    try {
+      await iterator.return?.(undefined);
+    } catch {
+      // The stream already has its error; one thrown from `finally` would hide it.
+    }
+  }
+
+  private wireError(err: unknown): WireError {
+    if (err instanceof Stop) {
+      return toWireError(new SluiceError('ERR_CANCELLED', this.cancelled ?? 'cancelled'), false);
+    }
+    if (this.cancelled !== undefined && !(err instanceof SluiceError && err.code !== 'ERR_CANCELLED')) {
+      // Plugins typically rethrow ctx.signal.reason or an AbortError; both mean cancelled.
+      return toWireError(new SluiceError('ERR_CANCELLED', this.cancelled), false);
+    }
+    if (err instanceof SluiceError) return toWireError(err, false);
+    if (isParamsError(err)) return toWireError(new SluiceError('ERR_PARAMS_INVALID', describeThrown(err)), false);
+    return toWireError(err, true, 'ERR_PLUGIN_THREW');
+  }
+
+  private finish(msg: FromSandbox): void {
+    if (this.finished) return;
+    if (msg.type === 'end') this.flush();
+    else {
+      // Chunks before an error are still delivered: they were valid and in order.
+      try {
+        this.flush();
+      } catch {
+        // Nothing left to do; the error below is the outcome.
+      }
+    }
+    this.finished = true;
+    this.env.send(msg);
+  }
+}
+
+function isGeneratorObject(value: object): value is Iterator<unknown> {
+  const tag = Object.prototype.toString.call(value);
+  return tag === '[object Generator]';
+}
+
+function isParamsError(err: unknown): boolean {
+  try {
+    return err instanceof Error && (err as { code?: unknown }).code === 'ERR_PARAMS_INVALID';
+  } catch {
+    return false;
+  }
+}
+
+function describeArg(value: unknown): string {
+  try {
+    if (typeof value === 'string') return value;
+    if (value instanceof Error) return `${value.name}: ${value.message}`;
+    const json = JSON.stringify(value);
+    return json === undefined ? String(value) : json;
+  } catch {
+    return describeThrown(value);
+  }
+}
