@@ -82,3 +82,17 @@ export interface PluginInfo {
   manifest: PluginManifest;
   actions: Record<string, { kind: ActionKind; description?: string }>;
 }
+
+/**
+ * What a reader of a durable stream sees (`host.read(id, { fromSeq, epoch })`): the
+ * chunks after `fromSeq` in order, live ones included, or an explicit event when it
+ * cannot have them. Never a silent hole or a repeat.
+ */
+export type ReadEvent<T = ChunkData> =
+  | { type: 'chunk'; seq: number; data: T }
+  /** Chunks `fromSeq .. toSeq - 1` were removed by retention; reading goes on at `toSeq`. */
+  | { type: 'gap'; fromSeq: number; toSeq: number }
+  /** The store was re-created (its epoch changed): seqs restart; the reader's position is void. */
+  | { type: 'reset'; epoch: string }
+  /** The stream finished; no chunk follows. */
+  | { type: 'end'; status: Exclude<StreamStatus, 'queued' | 'running'>; error?: { code: string; message: string } };
