@@ -61,6 +61,8 @@ export const ERROR_CODES = {
   ERR_STORE_VERSION: { message: 'Stored record has an unknown version' },
   ERR_STORE_KEY: { message: 'Encryption key is missing or wrong' },
   ERR_STORE_CLOSED: { message: 'Store is closed' },
+  ERR_STORE_SEQ: { message: 'Chunk seq would leave a hole in the stream log' },
+  ERR_STORE_IO: { message: 'Store read or write failed' },
   ERR_RESUME_FAILED: { message: 'Stream cannot be resumed' },
 
   // Server and WebSocket protocol
