@@ -80,6 +80,11 @@ export class CreditLedger {
     return true;
   }
 
+  /** Whether the sandbox may produce now; while it may not, it is paused by its consumer, not idle. */
+  get sandboxMayProduce(): boolean {
+    return this.outstandingChunks > 0 && this.outstandingBytes > 0;
+  }
+
   /**
    * Record chunks the consumer took. Returns the grant to send now, or undefined while
    * the pending amount is under half a window (so grants are batched).

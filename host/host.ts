@@ -1,0 +1,408 @@
+/**
+ * `Sluice`, the host: runs plugin actions in sandboxes and hands back their streams.
+ *
+ * @example
+ * import { Sluice } from 'sluice';
+ * await using host = await Sluice.open({ plugins: './plugins' });
+ * for await (const { seq, data } of host.stream('records', 'transform', { count: 3 })) {
+ *   console.log(seq, data);
+ * }
+ */
+import { randomUUID } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { pino, type Logger } from 'pino';
+import { copyChunk } from '../protocol/chunk.js';
+import { DEFAULT_WINDOW, MAX_WINDOW_BYTES, MAX_WINDOW_CHUNKS, type Window } from '../protocol/credit.js';
+import { SluiceError, isSluiceError, toWireError } from '../protocol/errors.js';
+import { assertInteger, assertOneOf, assertString, fail, isObject } from '../protocol/assert.js';
+import { DEFAULT_LIMITS, DEFAULT_POLICY, parsePartialLimits, resolveLimits, type Limits } from '../protocol/limits.js';
+import type { StartSpec } from '../protocol/messages.js';
+import type { SandboxKind } from '../sandbox/sdk.js';
+import { HostMetrics } from './metrics.js';
+import { PluginRegistry, type PluginProblem, type PluginRecord, type IsolateBundler } from './registry.js';
+import { PRIORITIES, Scheduler, type Ticket } from './scheduler.js';
+import { HostStream, type StreamEngineHooks } from './stream.js';
+import { WorkerPool, type WorkerPoolOptions } from './sandbox/worker-pool.js';
+import type { SandboxPool } from './sandbox/types.js';
+import type { PluginInfo, SluiceStream, StreamOptions, StreamResult } from './types.js';
+
+export interface SluiceOptions {
+  /** Plugin folders, discovered at open. */
+  plugins?: string | string[];
+  /** Where bundles (and, with durable streams, the store) live. Default: a folder under the OS temp dir. */
+  cacheDir?: string;
+  /** Worker sandbox threads; `maxThreads` is also how many worker streams run at once. */
+  workers?: Partial<WorkerPoolOptions>;
+  /** Isolate sandbox processes, or false to run without isolates. */
+  isolates?: { processes?: number; maxStreams?: number } | false;
+  /** Streams that may wait for admission before ERR_QUEUE_FULL. */
+  maxQueued?: number;
+  /** Default credit window per stream. */
+  window?: Partial<Window>;
+  /** Default per-stream limits, below the policy. */
+  limits?: Partial<Limits>;
+  /** The most a manifest or call may ask for; 0 for a limit means unlimited is allowed. */
+  policy?: Partial<Limits>;
+  /** Time a cancelled plugin gets to run its `finally` before its sandbox is stopped hard. */
+  cancelGraceMs?: number;
+  /** How long `close()` waits for streams to stop before it destroys the sandboxes. */
+  closeTimeoutMs?: number;
+  /** A pino logger, or false for none. Default: warnings and errors to stderr. */
+  logger?: Logger | false;
+  /** Reject `open` when any plugin in the folders fails to load (default: record it in `pluginProblems()`). */
+  strictPlugins?: boolean;
+}
+
+const DEFAULTS = Object.freeze({
+  maxQueued: 1000,
+  cancelGraceMs: 2000,
+  closeTimeoutMs: 5000,
+  isolateProcesses: 1,
+  isolateStreams: 64,
+  /** `call()` collects chunks in memory, so it is bounded even when the stream is not. */
+  callMaxBytes: 64 * 1024 * 1024,
+  callMaxChunks: 1_000_000,
+  watchdogMs: 25,
+});
+
+interface Engine {
+  options: SluiceOptions;
+  logger: Logger;
+  registry: PluginRegistry;
+  pools: Partial<Record<SandboxKind, SandboxPool>>;
+  scheduler: Scheduler;
+  metrics: HostMetrics;
+  defaults: Limits;
+  policy: Limits;
+  window: Window;
+}
+
+function parseWindowOverride(value: unknown, field: string): Partial<Window> {
+  if (value === undefined) return {};
+  if (!isObject(value)) fail('ERR_INVALID_ARGUMENT', field, 'an object', value);
+  const out: Partial<Window> = {};
+  if (value.chunks !== undefined) {
+    assertInteger(value.chunks, `${field}.chunks`, 'ERR_INVALID_ARGUMENT', 1, MAX_WINDOW_CHUNKS);
+    out.chunks = value.chunks;
+  }
+  if (value.bytes !== undefined) {
+    assertInteger(value.bytes, `${field}.bytes`, 'ERR_INVALID_ARGUMENT', 1, MAX_WINDOW_BYTES);
+    out.bytes = value.bytes;
+  }
+  return out;
+}
+
+function asSluiceError(err: unknown, fallback: 'ERR_PLUGIN_LOAD' | 'ERR_SANDBOX_CRASHED' = 'ERR_PLUGIN_LOAD'): SluiceError {
+  if (isSluiceError(err)) return err;
+  const wire = toWireError(err, false, fallback);
+  return new SluiceError(wire.code, wire.message, { cause: err });
+}
+
+export class Sluice implements AsyncDisposable {
+  readonly #e: Engine;
+  readonly #live = new Map<string, HostStream>();
+  readonly #tickets = new Map<HostStream, Ticket>();
+  readonly #slots = new Map<HostStream, SandboxKind>();
+  readonly #clocked = new Set<HostStream>();
+  #watchdog: NodeJS.Timeout | undefined;
+  #closing: Promise<void> | undefined;
+  readonly #hooks: StreamEngineHooks;
+
+  private constructor(engine: Engine) {
+    this.#e = engine;
+    this.#hooks = {
+      cancelGraceMs: engine.options.cancelGraceMs ?? DEFAULTS.cancelGraceMs,
+      running: (s) => {
+        const kind = this.#slots.get(s);
+        if (kind !== undefined) engine.metrics.running.inc({ sandbox: kind });
+        engine.metrics.streamsStarted.inc({ sandbox: kind ?? 'unknown' });
+        if (s.watchesClock) this.#watch(s);
+      },
+      batch: (_s, chunks, bytes) => {
+        engine.metrics.chunks.inc(chunks);
+        engine.metrics.bytes.inc(bytes);
+      },
+      finished: (s, result) => this.#finished(s, result),
+      dequeue: (s) => {
+        const ticket = this.#tickets.get(s);
+        if (ticket !== undefined && engine.scheduler.remove(ticket)) {
+          this.#tickets.delete(s);
+          engine.metrics.queued.set(engine.scheduler.queued);
+          s.exit(undefined);
+        } else if (ticket === undefined && !this.#slots.has(s)) {
+          // Still resolving its plugin: #prepare sees it ended and finishes it.
+        }
+      },
+    };
+  }
+
+  /** Open a host: start the sandbox pools and discover the plugins folders. */
+  static async open(options: SluiceOptions = {}): Promise<Sluice> {
+    if (typeof options !== 'object' || options === null) fail('ERR_INVALID_ARGUMENT', 'options', 'an object', options);
+    const maxQueued = options.maxQueued ?? DEFAULTS.maxQueued;
+    assertInteger(maxQueued, 'maxQueued', 'ERR_INVALID_ARGUMENT', 0);
+    if (options.cancelGraceMs !== undefined) assertInteger(options.cancelGraceMs, 'cancelGraceMs', 'ERR_INVALID_ARGUMENT', 0);
+    if (options.closeTimeoutMs !== undefined) assertInteger(options.closeTimeoutMs, 'closeTimeoutMs', 'ERR_INVALID_ARGUMENT', 0);
+    const defaults = resolveLimits({ ...DEFAULT_POLICY, ...parsePartialLimits(options.policy, 'policy', 'ERR_INVALID_ARGUMENT') }, DEFAULT_LIMITS, parsePartialLimits(options.limits, 'limits', 'ERR_INVALID_ARGUMENT'));
+    const policy: Limits = { ...DEFAULT_POLICY, ...parsePartialLimits(options.policy, 'policy', 'ERR_INVALID_ARGUMENT') };
+    const window: Window = { ...DEFAULT_WINDOW, ...parseWindowOverride(options.window, 'window') };
+    const logger = options.logger === false ? pino({ level: 'silent' }) : (options.logger ?? pino({ level: process.env.SLUICE_LOG_LEVEL ?? 'warn' }, pino.destination(2)));
+
+    const workers = new WorkerPool(options.workers);
+    workers.warm(defaults.memoryMb);
+    const pools: Partial<Record<SandboxKind, SandboxPool>> = { worker: workers };
+    let bundleForIsolate: IsolateBundler | undefined;
+    let isolateConcurrency = 0;
+    if (options.isolates !== false) {
+      const iso = await loadIsolateSandbox(options.isolates ?? {});
+      if (iso !== undefined) {
+        pools.isolate = iso.pool;
+        bundleForIsolate = iso.bundle;
+        isolateConcurrency = options.isolates?.maxStreams ?? DEFAULTS.isolateStreams;
+      }
+    }
+    const cacheDir = resolve(options.cacheDir ?? join(tmpdir(), `sluice-cache-${process.getuid?.() ?? 'user'}`));
+    const registry = new PluginRegistry({ cacheDir, pools, bundleForIsolate });
+    const scheduler = new Scheduler({ worker: workers.maxThreads, isolate: isolateConcurrency }, maxQueued);
+    const host = new Sluice({ options, logger, registry, pools, scheduler, metrics: new HostMetrics(), defaults, policy, window });
+    try {
+      const dirs = options.plugins === undefined ? [] : Array.isArray(options.plugins) ? options.plugins : [options.plugins];
+      await registry.discover(dirs.map((d) => resolve(d)));
+      for (const p of registry.problems()) logger.warn({ path: p.path, code: p.error.code }, p.error.message);
+      if (options.strictPlugins === true && registry.problems().length > 0) throw registry.problems()[0]!.error;
+    } catch (err) {
+      await host.destroy();
+      throw err;
+    }
+    return host;
+  }
+
+  /** Plugins discovered or loaded so far. */
+  plugins(): PluginInfo[] {
+    return this.#e.registry.list();
+  }
+
+  /** Plugins in the folders that failed to load, with their coded errors. */
+  pluginProblems(): PluginProblem[] {
+    return this.#e.registry.problems();
+  }
+
+  /** The host's prom-client registry (its own, never the global one). */
+  get metricsRegistry(): HostMetrics['registry'] {
+    return this.#e.metrics.registry;
+  }
+
+  get logger(): Logger {
+    return this.#e.logger;
+  }
+
+  /** A live (queued or running) stream by id. */
+  getStream(id: string): SluiceStream | undefined {
+    return this.#live.get(id);
+  }
+
+  /** Live streams. */
+  streams(): SluiceStream[] {
+    return [...this.#live.values()];
+  }
+
+  /**
+   * Start `action` of `plugin` (a name from the plugins folders, or a path) and return
+   * its stream at once; failures to start surface when the stream is read.
+   */
+  stream(plugin: string, action: string, params?: unknown, options: StreamOptions = {}): SluiceStream {
+    this.#assertOpen();
+    assertString(plugin, 'plugin', 'ERR_INVALID_ARGUMENT');
+    assertString(action, 'action', 'ERR_INVALID_ARGUMENT', 256);
+    if (typeof options !== 'object' || options === null) fail('ERR_INVALID_ARGUMENT', 'options', 'an object', options);
+    if (options.sandbox !== undefined) assertOneOf(options.sandbox, ['worker', 'isolate'] as const, 'options.sandbox', 'ERR_INVALID_ARGUMENT');
+    if (options.priority !== undefined) assertOneOf(options.priority, PRIORITIES, 'options.priority', 'ERR_INVALID_ARGUMENT');
+    const limits = parsePartialLimits(options.limits, 'options.limits', 'ERR_INVALID_ARGUMENT');
+    const window = parseWindowOverride(options.window, 'options.window');
+    if (options.id !== undefined) assertString(options.id, 'options.id', 'ERR_INVALID_ARGUMENT', 128);
+    const id = options.id ?? randomUUID();
+    if (this.#live.has(id)) fail('ERR_INVALID_ARGUMENT', 'options.id', 'an id no live stream uses', id);
+
+    const stream = new HostStream(id, plugin, action, this.#hooks);
+    this.#live.set(id, stream);
+    const signal = options.signal;
+    if (signal !== undefined) {
+      if (signal.aborted) void stream.cancel(reasonText(signal.reason));
+      else {
+        const onAbort = (): void => void stream.cancel(reasonText(signal.reason));
+        signal.addEventListener('abort', onAbort, { once: true });
+        void stream.result.then(() => signal.removeEventListener('abort', onAbort));
+      }
+    }
+    void this.#prepare(stream, params, options, limits, window);
+    return stream;
+  }
+
+  /**
+   * Run an action for its result: a unary action's value, or a streaming action's
+   * chunks collected into an array (bounded by maxChunks/maxBytes, which default to
+   * 1M chunks and 64 MiB here). Rejects with the stream's coded error.
+   */
+  async call(plugin: string, action: string, params?: unknown, options: StreamOptions = {}): Promise<unknown> {
+    const limits = { ...options.limits };
+    limits.maxBytes ||= DEFAULTS.callMaxBytes;
+    limits.maxChunks ||= DEFAULTS.callMaxChunks;
+    const stream = this.stream(plugin, action, params, { ...options, limits }) as HostStream;
+    const out: unknown[] = [];
+    for await (const chunk of stream) out.push(chunk.data);
+    return stream.kind === 'unary' ? out[0] : out;
+  }
+
+  async #prepare(stream: HostStream, params: unknown, options: StreamOptions, limits: Partial<Limits>, window: Partial<Window>): Promise<void> {
+    const e = this.#e;
+    try {
+      const record = await e.registry.resolve(stream.plugin);
+      if (!Object.prototype.hasOwnProperty.call(record.actions, stream.action)) {
+        throw new SluiceError('ERR_ACTION_NOT_FOUND', `Plugin \`${record.name}\` has no action \`${stream.action}\` (actions: ${Object.keys(record.actions).join(', ')})`, {
+          details: { plugin: record.name, action: stream.action },
+        });
+      }
+      const input = params === undefined ? {} : params;
+      try {
+        copyChunk(input);
+      } catch (err) {
+        throw new SluiceError('ERR_PARAMS_INVALID', `Params must be JSON data: ${(err as Error).message}`);
+      }
+      record.params.check(stream.action, input);
+      const kind = options.sandbox ?? record.manifest.sandbox;
+      if (e.pools[kind] === undefined) throw new SluiceError('ERR_INVALID_ARGUMENT', `This host runs no ${kind} sandbox`);
+      const effective = resolveLimits(e.policy, e.defaults, record.manifest.limits ?? {}, limits);
+      const spec: StartSpec = {
+        streamId: stream.id,
+        action: stream.action,
+        params: input,
+        window: { ...e.window, ...window },
+        limits: { maxChunkBytes: effective.maxChunkBytes, memoryMb: effective.memoryMb, cpuMs: effective.cpuMs },
+      };
+      stream.setup({ limits: effective, window: spec.window, startSeq: 0 });
+      if (stream.ended) {
+        stream.exit(undefined);
+        return;
+      }
+      const ticket: Ticket = { kind, priority: options.priority ?? 'normal', start: () => void this.#start(stream, record, kind, spec) };
+      this.#tickets.set(stream, ticket);
+      e.scheduler.submit(ticket);
+      e.metrics.queued.set(e.scheduler.queued);
+    } catch (err) {
+      this.#tickets.delete(stream);
+      stream.failBeforeStart(asSluiceError(err));
+    }
+  }
+
+  async #start(stream: HostStream, record: PluginRecord, kind: SandboxKind, spec: StartSpec): Promise<void> {
+    this.#tickets.delete(stream);
+    this.#slots.set(stream, kind);
+    this.#e.metrics.queued.set(this.#e.scheduler.queued);
+    try {
+      if (stream.ended) throw new SluiceError('ERR_CANCELLED', 'Stream ended before it started');
+      const bundle = await record.bundle(kind);
+      const handle = await this.#e.pools[kind]!.start(bundle, spec, stream);
+      stream.attach(handle);
+    } catch (err) {
+      stream.failBeforeStart(asSluiceError(err));
+    }
+  }
+
+  #finished(stream: HostStream, result: StreamResult): void {
+    const e = this.#e;
+    this.#live.delete(stream.id);
+    this.#clocked.delete(stream);
+    this.#tickets.delete(stream);
+    const kind = this.#slots.get(stream);
+    if (kind !== undefined) {
+      this.#slots.delete(stream);
+      if (stream.status !== 'queued') e.metrics.running.dec({ sandbox: kind });
+      e.scheduler.release(kind);
+      e.metrics.queued.set(e.scheduler.queued);
+    }
+    e.metrics.streamsEnded.inc({ status: result.status, code: result.error?.code ?? '' });
+    if (result.error !== undefined && result.status === 'failed') {
+      e.logger.info({ stream: stream.id, plugin: stream.plugin, action: stream.action, code: result.error.code }, result.error.message);
+    }
+  }
+
+  /** One timer for all wall/idle clocks, running only while some stream has one. */
+  #watch(stream: HostStream): void {
+    this.#clocked.add(stream);
+    if (this.#watchdog !== undefined) return;
+    this.#watchdog = setInterval(() => {
+      const now = performance.now();
+      for (const s of this.#clocked) s.checkClock(now);
+      if (this.#clocked.size === 0) {
+        clearInterval(this.#watchdog);
+        this.#watchdog = undefined;
+      }
+    }, DEFAULTS.watchdogMs);
+    this.#watchdog.unref();
+  }
+
+  #assertOpen(): void {
+    if (this.#closing !== undefined) throw new SluiceError('ERR_HOST_CLOSED', 'Host is closed');
+  }
+
+  /**
+   * Stop accepting streams, end the live ones (ERR_HOST_CLOSED, cooperatively, then hard
+   * after the grace period), wait for them up to `closeTimeoutMs`, then stop the sandboxes.
+   * Idempotent.
+   */
+  close(): Promise<void> {
+    this.#closing ??= this.#close();
+    return this.#closing;
+  }
+
+  async #close(): Promise<void> {
+    const e = this.#e;
+    const error = new SluiceError('ERR_HOST_CLOSED', 'Host closed while the stream was live');
+    const results = [...this.#live.values()].map((s) => s.stop(error));
+    const timeout = e.options.closeTimeoutMs ?? DEFAULTS.closeTimeoutMs;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([Promise.all(results), new Promise((r) => (timer = setTimeout(r, timeout)))]);
+    clearTimeout(timer);
+    await Promise.all(Object.values(e.pools).map((p) => p.close(timeout)));
+    this.#stopWatchdog();
+  }
+
+  /** Kill every sandbox now; live streams fail with ERR_HOST_CLOSED. Idempotent. */
+  async destroy(): Promise<void> {
+    const error = new SluiceError('ERR_HOST_CLOSED', 'Host destroyed');
+    this.#closing ??= Promise.resolve();
+    for (const s of [...this.#live.values()]) s.kill(error);
+    await Promise.all(Object.values(this.#e.pools).map((p) => p.destroy()));
+    this.#stopWatchdog();
+  }
+
+  #stopWatchdog(): void {
+    clearInterval(this.#watchdog);
+    this.#watchdog = undefined;
+  }
+
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+}
+
+function reasonText(reason: unknown): string {
+  if (reason instanceof Error) return reason.message;
+  return typeof reason === 'string' ? reason : 'aborted';
+}
+
+/** The isolate sandbox, when its modules are present in this build. */
+async function loadIsolateSandbox(options: { processes?: number }): Promise<{ pool: SandboxPool; bundle: IsolateBundler } | undefined> {
+  let poolMod: Record<string, unknown>;
+  let bundleMod: Record<string, unknown>;
+  try {
+    poolMod = (await import(new URL('./sandbox/isolate-pool.js', import.meta.url).href)) as Record<string, unknown>;
+    bundleMod = (await import(new URL('../sandbox/isolate/bundle.js', import.meta.url).href)) as Record<string, unknown>;
+  } catch {
+    return undefined;
+  }
+  const Pool = poolMod.IsolatePool as new (o: object) => SandboxPool;
+  const bundle = bundleMod.bundleForIsolate as (entry: string, o?: object) => Promise<string>;
+  return { pool: new Pool({ processes: options.processes ?? DEFAULTS.isolateProcesses }), bundle: (entry) => bundle(entry) };
+}

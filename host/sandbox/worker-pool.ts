@@ -1,0 +1,260 @@
+/**
+ * The `worker` sandbox: Piscina worker threads, one stream per thread at a time.
+ *
+ * Limits seen from outside the plugin's thread:
+ * - cpuMs: the thread's event-loop utilisation (`worker.performance.eventLoopUtilization`),
+ *   readable from here even while the plugin spins; active loop time of a thread
+ *   that runs one stream is that stream's CPU time (blocking syscalls aside).
+ * - memoryMb: V8 `resourceLimits` on the thread (one Piscina pool per distinct
+ *   limit). Worker code is trusted: a Map grown past resourceLimits can still take
+ *   the process down on Node 20, which is why untrusted plugins belong in `isolate`.
+ * A hard stop terminates the thread; Piscina replaces it and no other stream notices.
+ */
+import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
+import { fileURLToPath } from 'node:url';
+import { Piscina } from 'piscina';
+import { SluiceError, fromWireError } from '../../protocol/errors.js';
+import { parseFromSandbox, parseWireError, type StartSpec, type ToSandbox } from '../../protocol/messages.js';
+import type { DescribeResult, DescribeTask, StreamTask, WorkerHello } from '../../sandbox/worker.js';
+import type { BundledPlugin, PluginDescription, PoolStats, SandboxEvents, SandboxHandle, SandboxPool } from './types.js';
+
+export interface WorkerPoolOptions {
+  /** Threads per memory class; also the most streams that run at once in this pool. */
+  maxThreads: number;
+  /** Threads kept warm so a stream starts without spawning one. */
+  minThreads: number;
+  /** How often CPU limits are checked; a violator is stopped within limit + this. */
+  checkIntervalMs: number;
+}
+
+export const WORKER_POOL_DEFAULTS: Readonly<WorkerPoolOptions> = Object.freeze({
+  maxThreads: 8,
+  minThreads: 2,
+  checkIntervalMs: 50,
+});
+
+const WORKER_ENTRY = fileURLToPath(new URL('../../sandbox/worker.js', import.meta.url));
+/** Young generation is kept small; the limit a user sets is the old generation. */
+const YOUNG_GENERATION_MB = 16;
+const DESCRIBE_TIMEOUT_MS = 10_000;
+// Process-only flags (isolated-vm's --no-node-snapshot) make new Worker() throw.
+const PROCESS_ONLY_FLAGS = new Set(['--no-node-snapshot']);
+const WORKER_EXEC_ARGV = process.execArgv.filter((a) => !PROCESS_ONLY_FLAGS.has(a));
+
+interface Running {
+  port: MessagePort;
+  events: SandboxEvents;
+  cpuMs: number;
+  worker: Worker | undefined;
+  eluStart: ReturnType<Worker['performance']['eventLoopUtilization']> | undefined;
+  /** Set once the stream's outcome is known; later messages are dropped. */
+  exited: boolean;
+  /** An end/error message arrived; the task settling is then not a failure. */
+  ended: boolean;
+  stopReason: SluiceError | undefined;
+}
+
+export class WorkerPool implements SandboxPool {
+  readonly kind = 'worker' as const;
+  readonly #options: WorkerPoolOptions;
+  /** One Piscina per memory limit (resourceLimits are fixed per thread). */
+  readonly #pools = new Map<number, Piscina>();
+  readonly #running = new Set<Running>();
+  #timer: NodeJS.Timeout | undefined;
+  #replaced = 0;
+  #closed = false;
+
+  constructor(options: Partial<WorkerPoolOptions> = {}) {
+    this.#options = { ...WORKER_POOL_DEFAULTS, ...options };
+    const o = this.#options;
+    for (const key of ['maxThreads', 'minThreads', 'checkIntervalMs'] as const) {
+      if (!Number.isInteger(o[key]) || o[key] < (key === 'minThreads' ? 0 : 1)) {
+        throw new SluiceError('ERR_INVALID_ARGUMENT', `Expected \`workers.${key}\` to be a ${key === 'minThreads' ? 'non-negative' : 'positive'} integer, got \`${String(o[key])}\``);
+      }
+    }
+    if (o.minThreads > o.maxThreads) o.minThreads = o.maxThreads;
+  }
+
+  /** How many streams may run at once (one per thread). */
+  get maxThreads(): number {
+    return this.#options.maxThreads;
+  }
+
+  /** Start the default memory class now, so the first stream finds warm threads. */
+  warm(memoryMb: number): void {
+    this.#pool(memoryMb);
+  }
+
+  #pool(memoryMb: number): Piscina {
+    let pool = this.#pools.get(memoryMb);
+    if (pool === undefined) {
+      pool = new Piscina({
+        filename: WORKER_ENTRY,
+        minThreads: this.#pools.size === 0 ? this.#options.minThreads : 0,
+        maxThreads: this.#options.maxThreads,
+        // A stream owns its thread; piscina's own queue stays empty because the host admits at most maxThreads.
+        concurrentTasksPerWorker: 1,
+        idleTimeout: 30_000,
+        resourceLimits: { maxOldGenerationSizeMb: memoryMb, maxYoungGenerationSizeMb: YOUNG_GENERATION_MB },
+        execArgv: WORKER_EXEC_ARGV,
+      });
+      this.#pools.set(memoryMb, pool);
+    }
+    return pool;
+  }
+
+  async describe(plugin: BundledPlugin, signal?: AbortSignal): Promise<PluginDescription> {
+    this.#assertOpen();
+    const timeout = AbortSignal.timeout(DESCRIBE_TIMEOUT_MS);
+    const task: DescribeTask = { kind: 'describe', modulePath: plugin.modulePath };
+    let result: DescribeResult;
+    try {
+      result = (await this.#pool(this.#defaultMemory()).run(task, { signal: signal === undefined ? timeout : AbortSignal.any([signal, timeout]) })) as DescribeResult;
+    } catch (err) {
+      throw new SluiceError('ERR_PLUGIN_LOAD', `Loading plugin ${plugin.name} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+    }
+    if (!result.ok) throw fromWireError(parseWireError(result.error));
+    return result.description;
+  }
+
+  #defaultMemory(): number {
+    const first = this.#pools.keys().next();
+    return first.done === true ? 128 : first.value;
+  }
+
+  async start(plugin: BundledPlugin, spec: StartSpec, events: SandboxEvents): Promise<SandboxHandle> {
+    this.#assertOpen();
+    const pool = this.#pool(spec.limits.memoryMb);
+    const { port1, port2 } = new MessageChannel();
+    const run: Running = { port: port1, events, cpuMs: spec.limits.cpuMs, worker: undefined, eluStart: undefined, exited: false, ended: false, stopReason: undefined };
+    this.#running.add(run);
+
+    port1.on('message', (data: unknown) => this.#onMessage(run, pool, data));
+    port1.on('close', () => queueMicrotask(() => this.#exit(run, undefined)));
+
+    const task: StreamTask = { kind: 'stream', modulePath: plugin.modulePath, spec, port: port2 };
+    pool.run(task, { transferList: [port2] }).then(
+      () => this.#exit(run, undefined),
+      (err: unknown) => this.#exit(run, this.#taskError(run, err)),
+    );
+
+    return {
+      send: (msg: ToSandbox) => {
+        if (!run.exited) port1.postMessage(msg);
+      },
+      terminate: (reason: SluiceError) => this.#terminate(run, reason),
+    };
+  }
+
+  #onMessage(run: Running, pool: Piscina, data: unknown): void {
+    if (run.exited) return;
+    if ((data as WorkerHello)?.type === 'hello') {
+      const id = (data as WorkerHello).threadId;
+      run.worker = pool.threads.find((w) => w.threadId === id);
+      run.eluStart = run.worker?.performance.eventLoopUtilization();
+      if (run.cpuMs > 0) this.#startTimer();
+      if (run.stopReason !== undefined) this.#terminate(run, run.stopReason);
+      return;
+    }
+    let msg;
+    try {
+      msg = parseFromSandbox(data);
+    } catch (err) {
+      this.#terminate(run, err as SluiceError);
+      return;
+    }
+    if (msg.type === 'end' || msg.type === 'error') run.ended = true;
+    run.events.message(msg);
+  }
+
+  #taskError(run: Running, err: unknown): SluiceError | undefined {
+    if (run.stopReason !== undefined) return run.stopReason;
+    if (run.ended) return undefined;
+    const code = (err as { code?: unknown })?.code;
+    if (code === 'ERR_WORKER_OUT_OF_MEMORY') {
+      return new SluiceError('ERR_LIMIT_MEMORY', 'Stream exceeded its memory limit (worker resourceLimits)', { cause: err });
+    }
+    this.#replaced++;
+    return new SluiceError('ERR_SANDBOX_CRASHED', `Worker thread failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+  }
+
+  #terminate(run: Running, reason: SluiceError): void {
+    if (run.exited) return;
+    run.stopReason ??= reason;
+    // Before the hello we do not know the thread yet; #onMessage terminates on arrival.
+    if (run.worker === undefined) return;
+    void run.worker.terminate();
+  }
+
+  #exit(run: Running, error: SluiceError | undefined): void {
+    if (run.exited) return;
+    // The port closes when the task finishes: if no end/error arrived, the sandbox died.
+    if (error === undefined && !run.ended) {
+      if (run.stopReason !== undefined) error = run.stopReason;
+      else return; // wait for the task's settle, which says why
+    }
+    run.exited = true;
+    this.#running.delete(run);
+    run.port.close();
+    run.events.exit(error);
+  }
+
+  #startTimer(): void {
+    if (this.#timer !== undefined) return;
+    this.#timer = setInterval(() => this.#checkCpu(), this.#options.checkIntervalMs);
+    this.#timer.unref();
+  }
+
+  #checkCpu(): void {
+    let watched = 0;
+    for (const run of this.#running) {
+      if (run.cpuMs <= 0 || run.worker === undefined || run.eluStart === undefined || run.stopReason !== undefined) continue;
+      watched++;
+      const used = run.worker.performance.eventLoopUtilization(run.eluStart).active;
+      if (used > run.cpuMs) {
+        this.#terminate(run, new SluiceError('ERR_LIMIT_CPU', `Stream used ${Math.round(used)} ms of CPU, over its limit of ${run.cpuMs} ms`, { details: { limit: 'cpuMs', max: run.cpuMs, used: Math.round(used) } }));
+      }
+    }
+    if (watched === 0 && this.#timer !== undefined) {
+      clearInterval(this.#timer);
+      this.#timer = undefined;
+    }
+  }
+
+  stats(): PoolStats {
+    let sandboxes = 0;
+    for (const pool of this.#pools.values()) sandboxes += pool.threads.length;
+    return { kind: 'worker', running: this.#running.size, sandboxes, replaced: this.#replaced };
+  }
+
+  #assertOpen(): void {
+    if (this.#closed) throw new SluiceError('ERR_HOST_CLOSED', 'Worker pool is closed');
+  }
+
+  async close(timeoutMs = 5_000): Promise<void> {
+    if (this.#closed) return this.destroy();
+    this.#closed = true;
+    const drained = Promise.all([...this.#pools.values()].map((p) => p.close()));
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, timeoutMs);
+    });
+    await Promise.race([drained, timedOut]);
+    clearTimeout(timer);
+    await this.destroy();
+  }
+
+  async destroy(): Promise<void> {
+    this.#closed = true;
+    if (this.#timer !== undefined) clearInterval(this.#timer);
+    this.#timer = undefined;
+    const stop = new SluiceError('ERR_HOST_CLOSED', 'Host closed while the stream ran');
+    for (const run of [...this.#running]) {
+      run.stopReason ??= stop;
+    }
+    const pools = [...this.#pools.values()];
+    this.#pools.clear();
+    await Promise.all(pools.map((p) => p.destroy()));
+    for (const run of [...this.#running]) this.#exit(run, stop);
+  }
+}

@@ -1,0 +1,419 @@
+/**
+ * One plugin stream as the host sees it: the consumer's async iterator on one side,
+ * the sandbox's batches and the credit it is owed on the other.
+ *
+ * Memory is bounded by credit: the sandbox may only send what it was granted, the
+ * host grants back only what the consumer took, and a sandbox that overspends is
+ * stopped (ERR_PROTOCOL). So the queue here never holds more than one window.
+ *
+ * Ending has two sides that settle separately. The *outcome* (done, failed,
+ * cancelled) is what the consumer sees, after the chunks before it. The *exit* is
+ * the sandbox being gone, cooperatively or by a hard stop after the grace period;
+ * `result` settles then, and the host frees the stream's slot.
+ */
+import { EventEmitter } from 'node:events';
+import type { ChunkData } from '../protocol/chunk.js';
+import { CreditLedger, type Window } from '../protocol/credit.js';
+import { SluiceError, fromWireError } from '../protocol/errors.js';
+import { LIMIT_ERROR, type Limits } from '../protocol/limits.js';
+import type { ActionKind, FromSandbox } from '../protocol/messages.js';
+import type { SandboxEvents, SandboxHandle } from './sandbox/types.js';
+import type { Chunk, Progress, SluiceStream, StreamEvents, StreamResult, StreamStatus } from './types.js';
+
+interface Batch {
+  firstSeq: number;
+  chunks: unknown[];
+  bytes: number;
+  /** Next chunk index to hand out. */
+  pos: number;
+  /** Bytes of this batch already returned as credit. */
+  returned: number;
+}
+
+interface Outcome {
+  status: 'done' | 'failed' | 'cancelled';
+  error?: SluiceError;
+}
+
+type Waiter = { resolve: (r: IteratorResult<Chunk>) => void; reject: (e: unknown) => void };
+
+export interface StreamEngineHooks {
+  cancelGraceMs: number;
+  /** The stream started running (admitted and attached to a sandbox). */
+  running(stream: HostStream): void;
+  /** A batch was accepted: for metrics. */
+  batch(stream: HostStream, chunks: number, bytes: number): void;
+  /** The sandbox is gone (or the stream never got one): free its slot. Called once. */
+  finished(stream: HostStream, result: StreamResult): void;
+  /** Called when a queued stream is cancelled, to take it out of the queue. */
+  dequeue(stream: HostStream): void;
+}
+
+export interface StreamSetup {
+  limits: Limits;
+  window: Window;
+  /** First seq the sandbox will produce (non-zero on resume). */
+  startSeq: number;
+}
+
+export class HostStream extends EventEmitter implements SluiceStream, SandboxEvents {
+  #status: StreamStatus = 'queued';
+  #progress: Progress | undefined;
+  #limits: Limits | undefined;
+  #ledger: CreditLedger | undefined;
+  #handle: SandboxHandle | undefined;
+  /** Batches waiting for the consumer; `#bi` is the first not fully consumed. */
+  #batches: Batch[] = [];
+  #bi = 0;
+  #expectedSeq = 0;
+  #chunks = 0;
+  #bytes = 0;
+  #kind: ActionKind | undefined;
+  #outcome: Outcome | undefined;
+  #waiter: Waiter | undefined;
+  #iterating = false;
+  #errorDelivered = false;
+  #startedAt = 0;
+  /** When the idle clock last restarted: a chunk arrived, or the sandbox got credit back. */
+  #idleSince = 0;
+  #graceTimer: NodeJS.Timeout | undefined;
+  #stopping: SluiceError | undefined;
+  #exited = false;
+  #pendingCancel: string | undefined;
+  readonly result: Promise<StreamResult>;
+  #resolveResult!: (r: StreamResult) => void;
+
+  constructor(
+    readonly id: string,
+    readonly plugin: string,
+    readonly action: string,
+    private readonly hooks: StreamEngineHooks,
+  ) {
+    super();
+    this.result = new Promise((resolve) => {
+      this.#resolveResult = resolve;
+    });
+  }
+
+  get status(): StreamStatus {
+    return this.#status;
+  }
+
+  get progress(): Progress | undefined {
+    return this.#progress;
+  }
+
+  get chunks(): number {
+    return this.#chunks;
+  }
+
+  get kind(): ActionKind | undefined {
+    return this.#kind;
+  }
+
+  /** True once the outcome is known, even if the sandbox is still stopping. */
+  get ended(): boolean {
+    return this.#outcome !== undefined;
+  }
+
+  // ---- lifecycle, driven by the host ----------------------------------------------
+
+  /** Admitted: the spec the sandbox will get. */
+  setup(setup: StreamSetup): void {
+    this.#limits = setup.limits;
+    this.#ledger = new CreditLedger(setup.window);
+    this.#expectedSeq = setup.startSeq;
+  }
+
+  /** The sandbox is running the stream. */
+  attach(handle: SandboxHandle): void {
+    this.#handle = handle;
+    this.#startedAt = this.#idleSince = performance.now();
+    this.#setStatus('running');
+    this.hooks.running(this);
+    if (this.#stopping !== undefined) this.#stopSandbox(this.#stopping, this.#pendingCancel !== undefined);
+  }
+
+  /** The stream failed before it reached a sandbox (bad plugin, params, closed host). */
+  failBeforeStart(error: SluiceError): void {
+    this.#decide({ status: error.code === 'ERR_CANCELLED' ? 'cancelled' : 'failed', error });
+    this.exit(undefined);
+  }
+
+  /** Checked by the host's watchdog: wall and idle limits. */
+  checkClock(now: number): void {
+    const limits = this.#limits;
+    if (limits === undefined || this.#status !== 'running' || this.#outcome !== undefined) return;
+    if (limits.wallMs > 0 && now - this.#startedAt > limits.wallMs) {
+      this.#limitHit('wallMs', `Stream ran longer than wallMs (${limits.wallMs} ms)`);
+    } else if (limits.idleMs > 0 && this.#ledger?.sandboxMayProduce === true && now - this.#idleSince > limits.idleMs) {
+      this.#limitHit('idleMs', `Stream produced no chunk for idleMs (${limits.idleMs} ms)`);
+    }
+  }
+
+  get watchesClock(): boolean {
+    return this.#limits !== undefined && (this.#limits.wallMs > 0 || this.#limits.idleMs > 0);
+  }
+
+  // ---- SandboxEvents -----------------------------------------------------------------
+
+  message(msg: FromSandbox): void {
+    // A stopping stream takes no more data; its logs (a plugin's finally) still count.
+    if (this.#stopping !== undefined && (msg.type === 'batch' || msg.type === 'progress' || msg.type === 'checkpoint')) return;
+    switch (msg.type) {
+      case 'batch':
+        this.#onBatch(msg.firstSeq, msg.chunks, msg.bytes, msg.largest);
+        return;
+      case 'progress':
+        this.#progress = msg.message === undefined ? { fraction: msg.fraction } : { fraction: msg.fraction, message: msg.message };
+        this.emit('progress', this.#progress);
+        return;
+      case 'checkpoint':
+        this.emit('checkpoint', { seq: msg.seq, state: msg.state });
+        return;
+      case 'log':
+        this.emit('log', { level: msg.level, message: msg.message });
+        return;
+      case 'end':
+        this.#kind = msg.kind;
+        this.#decide({ status: 'done' });
+        return;
+      case 'error': {
+        const error = fromWireError(msg.error);
+        this.#decide(this.#pendingCancel !== undefined && error.code === 'ERR_CANCELLED' ? { status: 'cancelled', error } : { status: 'failed', error });
+        return;
+      }
+    }
+  }
+
+  exit(error: SluiceError | undefined): void {
+    if (this.#exited) return;
+    this.#exited = true;
+    clearTimeout(this.#graceTimer);
+    this.#handle = undefined;
+    if (this.#outcome === undefined) {
+      this.#decide({ status: 'failed', error: error ?? new SluiceError('ERR_SANDBOX_CRASHED', 'Sandbox exited without ending the stream') });
+    }
+    const outcome = this.#outcome!;
+    const result: StreamResult = { status: outcome.status, chunks: this.#chunks, bytes: this.#bytes };
+    if (this.#kind !== undefined) result.kind = this.#kind;
+    if (outcome.error !== undefined) result.error = outcome.error;
+    this.hooks.finished(this, result);
+    this.#resolveResult(result);
+  }
+
+  #onBatch(firstSeq: number, chunks: unknown[], bytes: number, largest: number): void {
+    const limits = this.#limits!;
+    const ledger = this.#ledger!;
+    if (firstSeq !== this.#expectedSeq) {
+      this.#protocolError(`batch starts at seq ${firstSeq}, expected ${this.#expectedSeq}`);
+      return;
+    }
+    if (!ledger.receive(chunks.length, bytes, largest)) {
+      this.#protocolError('sandbox sent more than its credit allows');
+      return;
+    }
+    this.#expectedSeq += chunks.length;
+    if (limits.maxBytes > 0 && this.#bytes + bytes > limits.maxBytes) {
+      // Sizes are per batch, so the whole offending batch is withheld: a consumer never gets more than maxBytes.
+      this.#limitHit('maxBytes', `Stream exceeded maxBytes (${limits.maxBytes})`);
+      return;
+    }
+    let accepted = chunks;
+    let over = false;
+    if (limits.maxChunks > 0 && this.#chunks + chunks.length > limits.maxChunks) {
+      accepted = chunks.slice(0, limits.maxChunks - this.#chunks);
+      over = true;
+    }
+    if (accepted.length > 0) {
+      this.#chunks += accepted.length;
+      this.#bytes += bytes;
+      this.#idleSince = performance.now();
+      this.#batches.push({ firstSeq, chunks: accepted, bytes, pos: 0, returned: 0 });
+      this.hooks.batch(this, accepted.length, bytes);
+      this.#wake();
+    }
+    if (over) this.#limitHit('maxChunks', `Stream exceeded maxChunks (${limits.maxChunks})`);
+  }
+
+  // ---- ending --------------------------------------------------------------------------
+
+  #setStatus(status: StreamStatus): void {
+    if (this.#status === status) return;
+    this.#status = status;
+    this.emit('status', status);
+  }
+
+  #decide(outcome: Outcome): void {
+    if (this.#outcome !== undefined) return;
+    this.#outcome = outcome;
+    if (outcome.status === 'cancelled') this.#dropQueue();
+    this.#setStatus(outcome.status);
+    this.#wake();
+  }
+
+  #limitHit(limit: keyof Limits, message: string): void {
+    const error = new SluiceError(LIMIT_ERROR[limit], message, { details: { limit, max: this.#limits![limit] } });
+    this.#decide({ status: 'failed', error });
+    this.#stopSandbox(error, true);
+  }
+
+  #protocolError(message: string): void {
+    const error = new SluiceError('ERR_PROTOCOL', `Sandbox broke the protocol: ${message}`);
+    this.#decide({ status: 'failed', error });
+    this.#stopSandbox(error, false);
+  }
+
+  /** Cooperative stop (ctx.signal, the plugin's finally), then a hard stop after the grace period. */
+  #stopSandbox(reason: SluiceError, cooperative: boolean): void {
+    if (this.#exited) return;
+    this.#stopping ??= reason;
+    const handle = this.#handle;
+    if (handle === undefined) return; // attach() stops it
+    if (!cooperative) {
+      handle.terminate(reason);
+      return;
+    }
+    handle.send({ type: 'cancel', reason: reason.message });
+    if (this.#graceTimer === undefined) {
+      this.#graceTimer = setTimeout(() => this.#handle?.terminate(this.#stopping ?? reason), this.hooks.cancelGraceMs);
+      this.#graceTimer.unref();
+    }
+  }
+
+  cancel(reason = 'cancelled'): Promise<StreamResult> {
+    if (this.#outcome === undefined) {
+      const attached = this.#handle !== undefined;
+      const error = new SluiceError('ERR_CANCELLED', reason);
+      this.#pendingCancel = reason;
+      this.#decide({ status: 'cancelled', error });
+      if (attached) this.#stopSandbox(error, true);
+      else if (!this.#exited) {
+        // Queued, or admitted and starting: the host dequeues it, or attach() stops it.
+        this.#stopping = error;
+        this.hooks.dequeue(this);
+      }
+    } else if (!this.#exited && this.#handle !== undefined) {
+      // Already failing (a limit): make sure the sandbox is on its way out.
+      this.#stopSandbox(this.#outcome.error ?? new SluiceError('ERR_CANCELLED', reason), true);
+    }
+    return this.result;
+  }
+
+  /** End the stream with `error` (host closing, dependency failed): like cancel, with another code. */
+  stop(error: SluiceError): Promise<StreamResult> {
+    if (this.#outcome === undefined) {
+      const attached = this.#handle !== undefined;
+      this.#decide({ status: 'failed', error });
+      if (attached) this.#stopSandbox(error, true);
+      else if (!this.#exited) {
+        this.#stopping = error;
+        this.hooks.dequeue(this);
+      }
+    }
+    return this.result;
+  }
+
+  /** Hard stop now (host destroy). */
+  kill(error: SluiceError): void {
+    this.#decide({ status: 'failed', error });
+    if (this.#handle !== undefined) this.#handle.terminate(error);
+    else if (!this.#exited) {
+      this.#stopping = error;
+      this.hooks.dequeue(this);
+    }
+  }
+
+  #dropQueue(): void {
+    this.#batches = [];
+    this.#bi = 0;
+  }
+
+  // ---- consumer side -------------------------------------------------------------------
+
+  [Symbol.asyncIterator](): AsyncIterator<Chunk> {
+    if (this.#iterating) throw new SluiceError('ERR_STREAM_CONSUMED', `Stream ${this.id} is already being read; a stream can be iterated only once`);
+    this.#iterating = true;
+    return {
+      next: () => this.#next(),
+      return: async () => {
+        if (this.#outcome === undefined) void this.cancel('consumer stopped reading');
+        this.#errorDelivered = true;
+        this.#dropQueue();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+
+  #take(): Chunk | undefined {
+    const batch = this.#batches[this.#bi];
+    if (batch === undefined) return undefined;
+    const i = batch.pos++;
+    const chunk: Chunk = { seq: batch.firstSeq + i, data: batch.chunks[i] as ChunkData };
+    // Bytes come per batch; return them pro rata, the remainder with the batch's last chunk.
+    const last = batch.pos === batch.chunks.length;
+    const share = last ? batch.bytes - batch.returned : Math.floor(batch.bytes / batch.chunks.length);
+    batch.returned += share;
+    if (last) {
+      this.#batches[this.#bi] = undefined as unknown as Batch;
+      this.#bi++;
+      if (this.#bi === this.#batches.length) {
+        this.#batches = [];
+        this.#bi = 0;
+      }
+    }
+    const grant = this.#ledger?.consume(1, share);
+    if (grant !== undefined) this.#grant(grant);
+    return chunk;
+  }
+
+  #grant(grant: Window): void {
+    this.#idleSince = performance.now();
+    this.#handle?.send({ type: 'credit', chunks: grant.chunks, bytes: grant.bytes });
+  }
+
+  #next(): Promise<IteratorResult<Chunk>> {
+    const chunk = this.#take();
+    if (chunk !== undefined) return Promise.resolve({ value: chunk, done: false });
+    const end = this.#endResult();
+    if (end !== undefined) return end;
+    // The consumer is waiting: return whatever credit is pending now rather than at half a window.
+    const grant = this.#ledger?.flush();
+    if (grant !== undefined) this.#grant(grant);
+    return new Promise((resolve, reject) => {
+      this.#waiter = { resolve, reject };
+    });
+  }
+
+  #endResult(): Promise<IteratorResult<Chunk>> | undefined {
+    const outcome = this.#outcome;
+    if (outcome === undefined) return undefined;
+    if (outcome.status === 'done' || this.#errorDelivered) return Promise.resolve({ value: undefined, done: true });
+    this.#errorDelivered = true;
+    return Promise.reject(outcome.error);
+  }
+
+  #wake(): void {
+    const waiter = this.#waiter;
+    if (waiter === undefined) return;
+    const chunk = this.#take();
+    if (chunk !== undefined) {
+      this.#waiter = undefined;
+      waiter.resolve({ value: chunk, done: false });
+      return;
+    }
+    const end = this.#endResult();
+    if (end !== undefined) {
+      this.#waiter = undefined;
+      end.then(waiter.resolve, waiter.reject);
+    }
+  }
+
+  override on<E extends keyof StreamEvents>(event: E, listener: (...args: StreamEvents[E]) => void): this {
+    return super.on(event, listener as (...args: unknown[]) => void);
+  }
+
+  override off<E extends keyof StreamEvents>(event: E, listener: (...args: StreamEvents[E]) => void): this {
+    return super.off(event, listener as (...args: unknown[]) => void);
+  }
+}
