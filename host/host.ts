@@ -36,6 +36,8 @@ export interface SluiceOptions {
   workers?: Partial<WorkerPoolOptions>;
   /** Isolate sandbox processes, or false to run without isolates. */
   isolates?: { processes?: number; maxStreams?: number } | false;
+  /** Sum of running streams' memory limits allowed per sandbox kind (0 = no budget). */
+  memoryBudgetMb?: Partial<Record<SandboxKind, number>>;
   /** Streams that may wait for admission before ERR_QUEUE_FULL. */
   maxQueued?: number;
   /** Default credit window per stream. */
@@ -103,7 +105,7 @@ export class Sluice implements AsyncDisposable {
   readonly #e: Engine;
   readonly #live = new Map<string, HostStream>();
   readonly #tickets = new Map<HostStream, Ticket>();
-  readonly #slots = new Map<HostStream, SandboxKind>();
+  readonly #slots = new Map<HostStream, Ticket>();
   readonly #clocked = new Set<HostStream>();
   #watchdog: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
@@ -114,9 +116,9 @@ export class Sluice implements AsyncDisposable {
     this.#hooks = {
       cancelGraceMs: engine.options.cancelGraceMs ?? DEFAULTS.cancelGraceMs,
       running: (s) => {
-        const kind = this.#slots.get(s);
-        if (kind !== undefined) engine.metrics.running.inc({ sandbox: kind });
-        engine.metrics.streamsStarted.inc({ sandbox: kind ?? 'unknown' });
+        const kind = this.#slots.get(s)?.kind ?? 'unknown';
+        engine.metrics.running.inc({ sandbox: kind });
+        engine.metrics.streamsStarted.inc({ sandbox: kind });
         if (s.watchesClock) this.#watch(s);
       },
       batch: (_s, chunks, bytes) => {
@@ -164,7 +166,11 @@ export class Sluice implements AsyncDisposable {
     }
     const cacheDir = resolve(options.cacheDir ?? join(tmpdir(), `sluice-cache-${process.getuid?.() ?? 'user'}`));
     const registry = new PluginRegistry({ cacheDir, pools, bundleForIsolate });
-    const scheduler = new Scheduler({ worker: workers.maxThreads, isolate: isolateConcurrency }, maxQueued);
+    const scheduler = new Scheduler({
+      concurrency: { worker: workers.maxThreads, isolate: isolateConcurrency },
+      memoryBudgetMb: { worker: options.memoryBudgetMb?.worker ?? 0, isolate: options.memoryBudgetMb?.isolate ?? 0 },
+      maxQueued,
+    });
     const host = new Sluice({ options, logger, registry, pools, scheduler, metrics: new HostMetrics(), defaults, policy, window });
     try {
       const dirs = options.plugins === undefined ? [] : Array.isArray(options.plugins) ? options.plugins : [options.plugins];
@@ -285,7 +291,14 @@ export class Sluice implements AsyncDisposable {
         stream.exit(undefined);
         return;
       }
-      const ticket: Ticket = { kind, priority: options.priority ?? 'normal', start: () => void this.#start(stream, record, kind, spec) };
+      const ticket: Ticket = {
+        kind,
+        priority: options.priority ?? 'normal',
+        memoryMb: effective.memoryMb,
+        demanded: () => stream.demanded,
+          start: () => void this.#start(stream, record, ticket, spec),
+      };
+      stream.once('demand', () => e.scheduler.demandChanged(kind));
       this.#tickets.set(stream, ticket);
       e.scheduler.submit(ticket);
       e.metrics.queued.set(e.scheduler.queued);
@@ -295,9 +308,10 @@ export class Sluice implements AsyncDisposable {
     }
   }
 
-  async #start(stream: HostStream, record: PluginRecord, kind: SandboxKind, spec: StartSpec): Promise<void> {
+  async #start(stream: HostStream, record: PluginRecord, ticket: Ticket, spec: StartSpec): Promise<void> {
+    const kind = ticket.kind;
     this.#tickets.delete(stream);
-    this.#slots.set(stream, kind);
+    this.#slots.set(stream, ticket);
     this.#e.metrics.queued.set(this.#e.scheduler.queued);
     try {
       if (stream.ended) throw new SluiceError('ERR_CANCELLED', 'Stream ended before it started');
@@ -314,11 +328,11 @@ export class Sluice implements AsyncDisposable {
     this.#live.delete(stream.id);
     this.#clocked.delete(stream);
     this.#tickets.delete(stream);
-    const kind = this.#slots.get(stream);
-    if (kind !== undefined) {
+    const slot = this.#slots.get(stream);
+    if (slot !== undefined) {
       this.#slots.delete(stream);
-      if (stream.status !== 'queued') e.metrics.running.dec({ sandbox: kind });
-      e.scheduler.release(kind);
+      if (stream.started) e.metrics.running.dec({ sandbox: slot.kind });
+      e.scheduler.release(slot);
       e.metrics.queued.set(e.scheduler.queued);
     }
     e.metrics.streamsEnded.inc({ status: result.status, code: result.error?.code ?? '' });

@@ -72,6 +72,8 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   #outcome: Outcome | undefined;
   #waiter: Waiter | undefined;
   #iterating = false;
+  #demanded = false;
+  #started = false;
   #errorDelivered = false;
   #startedAt = 0;
   /** When the idle clock last restarted: a chunk arrived, or the sandbox got credit back. */
@@ -111,6 +113,16 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     return this.#kind;
   }
 
+  /** A consumer has asked for a chunk: admission prefers streams somebody waits for. */
+  get demanded(): boolean {
+    return this.#demanded;
+  }
+
+  /** It reached a sandbox. */
+  get started(): boolean {
+    return this.#started;
+  }
+
   /** True once the outcome is known, even if the sandbox is still stopping. */
   get ended(): boolean {
     return this.#outcome !== undefined;
@@ -128,6 +140,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   /** The sandbox is running the stream. */
   attach(handle: SandboxHandle): void {
     this.#handle = handle;
+    this.#started = true;
     this.#startedAt = this.#idleSince = performance.now();
     this.#setStatus('running');
     this.hooks.running(this);
@@ -373,6 +386,10 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   }
 
   #next(): Promise<IteratorResult<Chunk>> {
+    if (!this.#demanded) {
+      this.#demanded = true;
+      this.emit('demand');
+    }
     const chunk = this.#take();
     if (chunk !== undefined) return Promise.resolve({ value: chunk, done: false });
     const end = this.#endResult();

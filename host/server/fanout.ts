@@ -1,0 +1,339 @@
+/**
+ * Fan-out of one live, non-durable stream to many subscribers.
+ *
+ * A SluiceStream can be iterated once, so the server owns one consumer loop per
+ * stream (`Broadcast`). Chunks it pulls are JSON-encoded once and kept in a ring of
+ * the last `fanout.chunks` chunks (at most `fanout.bytes`); each subscriber is a
+ * cursor into the ring plus the credit its client granted.
+ *
+ * Pacing: the loop pulls the next chunk only while some subscriber *wants* it: its
+ * socket is under the high watermark, its credit reaches past the ring's head, and
+ * it has less than half the ring's bytes unsent. With no such subscriber the loop
+ * stops calling `next()`, the host stops returning credit to the sandbox, and the
+ * plugin's `yield` blocks: a slow socket pauses the plugin. The fastest subscriber
+ * sets the pace; one that falls more than the ring behind it is dropped with
+ * ERR_SLOW_CONSUMER, so no subscriber holds memory for another. Memory per stream is
+ * bounded by the ring, whatever the mix of clients.
+ *
+ * The ring also lets a client that lost its connection come back within the ring and
+ * resume without loss. A stream with no subscriber for `lingerMs` is cancelled; a
+ * finished one is forgotten `lingerMs` after its end.
+ */
+import type { ChunkData } from '../../protocol/chunk.js';
+import type { Chunk, Progress, SluiceStream } from '../types.js';
+import type { ServerMetrics } from './metrics.js';
+import { chunksFrameText, encodeChunkJson, endFrame, endFromThrown, errorFrame, type EndInfo, type Outlet, type Subscription } from './subscription.js';
+
+export interface FanoutLimits {
+  ring: { chunks: number; bytes: number };
+  batch: { chunks: number; bytes: number };
+  lingerMs: number;
+}
+
+interface Slot {
+  json: string;
+  /** Bytes pulled up to and including this chunk. */
+  cumEnd: number;
+}
+
+export class Broadcast {
+  readonly id: string;
+  readonly #stream: SluiceStream;
+  readonly #limits: FanoutLimits;
+  readonly #metrics: ServerMetrics;
+  readonly #onForget: (b: Broadcast) => void;
+  #it: AsyncIterator<Chunk<ChunkData>> | undefined;
+  readonly #ring: (Slot | undefined)[];
+  #baseSeq = 0;
+  #nextSeq = 0;
+  #ringBytes = 0;
+  #pulledBytes = 0;
+  #pulling = false;
+  #closed = false;
+  #flushScheduled = false;
+  #ended: EndInfo | undefined;
+  #linger: NodeJS.Timeout | undefined;
+  readonly #subs = new Set<FanoutSubscription>();
+  readonly #onProgress = (p: Progress): void => {
+    for (const s of this.#subs) s.progress(p);
+  };
+
+  constructor(stream: SluiceStream, limits: FanoutLimits, metrics: ServerMetrics, onForget: (b: Broadcast) => void) {
+    this.id = stream.id;
+    this.#stream = stream;
+    this.#limits = limits;
+    this.#metrics = metrics;
+    this.#onForget = onForget;
+    this.#ring = new Array<Slot | undefined>(limits.ring.chunks);
+    // Throws ERR_STREAM_CONSUMED when someone else already reads this stream.
+    this.#it = stream[Symbol.asyncIterator]();
+    stream.on('progress', this.#onProgress);
+    this.#armLinger();
+  }
+
+  get stream(): SluiceStream {
+    return this.#stream;
+  }
+
+  /** Seq of the next chunk the loop will pull (one past the newest in the ring). */
+  get headSeq(): number {
+    return this.#nextSeq;
+  }
+
+  get subscriberCount(): number {
+    return this.#subs.size;
+  }
+
+  /**
+   * Attach a subscriber wanting chunks from `fromSeq` on. Returns it and, when chunks
+   * before the ring's start are wanted, the gap the caller reports first.
+   */
+  subscribe(outlet: Outlet, sub: number, fromSeq: number, credit: number): { subscription: FanoutSubscription; gap?: { fromSeq: number; toSeq: number } } {
+    const cursor = Math.max(fromSeq, this.#baseSeq);
+    const s = new FanoutSubscription(this, outlet, sub, cursor, Math.min(credit, outlet.maxCredit));
+    this.#subs.add(s);
+    this.#disarmLinger();
+    const result: { subscription: FanoutSubscription; gap?: { fromSeq: number; toSeq: number } } = { subscription: s };
+    if (fromSeq < this.#baseSeq) result.gap = { fromSeq, toSeq: this.#baseSeq };
+    return result;
+  }
+
+  /** @internal */
+  remove(s: FanoutSubscription): void {
+    if (!this.#subs.delete(s)) return;
+    if (this.#subs.size === 0) this.#armLinger();
+  }
+
+  /**
+   * Stop and drop every subscriber. With `cancel`, a still running stream is cancelled
+   * (`iterator.return()`); without, it is left running for its owner (server shutdown
+   * leaves streams to `host.close()`, which checkpoints them).
+   */
+  close(cancel = true): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#stream.off('progress', this.#onProgress);
+    for (const s of [...this.#subs]) s.close();
+    this.#subs.clear();
+    this.#disarmLinger();
+    const it = this.#it;
+    this.#it = undefined;
+    if (cancel && it !== undefined && this.#ended === undefined) void it.return?.();
+    this.#ended ??= { status: 'cancelled' };
+  }
+
+  // ---- pacing ----------------------------------------------------------------------
+
+  #bytesBefore(seq: number): number {
+    if (seq >= this.#nextSeq) return this.#pulledBytes;
+    if (seq <= this.#baseSeq) {
+      const slot = this.#slot(this.#baseSeq);
+      return slot.cumEnd - slot.json.length;
+    }
+    return this.#slot(seq - 1).cumEnd;
+  }
+
+  #slot(seq: number): Slot {
+    return this.#ring[seq % this.#ring.length]!;
+  }
+
+  /** The seq up to which (exclusive) some subscriber wants chunks pulled. */
+  #demandLimit(): number {
+    let limit = this.#nextSeq;
+    const maxUnsent = this.#limits.ring.bytes / 2;
+    for (const s of this.#subs) {
+      if (!s.outlet.writable || s.credit === 0) continue;
+      const want = s.cursor + s.credit;
+      if (want <= limit) continue;
+      if (this.#pulledBytes - this.#bytesBefore(s.cursor) >= maxUnsent) continue;
+      limit = want;
+    }
+    return limit;
+  }
+
+  /** Pull while someone wants more. Called on subscribe, credit and drain. */
+  kick(): void {
+    if (this.#pulling || this.#ended !== undefined || this.#it === undefined) return;
+    if (this.#demandLimit() <= this.#nextSeq) return;
+    this.#pulling = true;
+    void this.#pullLoop();
+  }
+
+  async #pullLoop(): Promise<void> {
+    try {
+      for (;;) {
+        const limit = this.#demandLimit();
+        if (limit <= this.#nextSeq) break;
+        while (this.#nextSeq < limit && this.#ended === undefined) {
+          const it = this.#it;
+          if (it === undefined) return;
+          const r = await it.next();
+          if (this.#it === undefined) return;
+          if (r.done === true) {
+            this.#end({ status: 'done' });
+            return;
+          }
+          this.#push(r.value);
+        }
+        if (this.#ended !== undefined) return;
+      }
+    } catch (err) {
+      this.#end(endFromThrown(err));
+    } finally {
+      this.#pulling = false;
+      this.#scheduleFlush();
+    }
+  }
+
+  #push(chunk: Chunk<ChunkData>): void {
+    // The host's seqs are authoritative; a resumed stream may not start at 0.
+    if (this.#nextSeq === 0 && this.#baseSeq === 0 && chunk.seq > 0) {
+      this.#baseSeq = this.#nextSeq = chunk.seq;
+    }
+    const json = encodeChunkJson(chunk.data);
+    this.#pulledBytes += json.length;
+    this.#ringBytes += json.length;
+    this.#ring[this.#nextSeq % this.#ring.length] = { json, cumEnd: this.#pulledBytes };
+    this.#nextSeq++;
+    let evicted = false;
+    while (this.#nextSeq - this.#baseSeq > this.#ring.length || (this.#ringBytes > this.#limits.ring.bytes && this.#nextSeq - this.#baseSeq > 1)) {
+      const old = this.#baseSeq % this.#ring.length;
+      this.#ringBytes -= this.#ring[old]!.json.length;
+      this.#ring[old] = undefined;
+      this.#baseSeq++;
+      evicted = true;
+    }
+    if (evicted) {
+      for (const s of this.#subs) if (s.cursor < this.#baseSeq) s.slow();
+    }
+    this.#scheduleFlush();
+  }
+
+  #scheduleFlush(): void {
+    if (this.#flushScheduled) return;
+    this.#flushScheduled = true;
+    // setImmediate, not a microtask: let the pull loop gather every chunk already
+    // buffered in the host before one frame per subscriber carries them all.
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      for (const s of this.#subs) this.deliver(s);
+      this.kick();
+    });
+  }
+
+  #end(end: EndInfo): void {
+    if (this.#ended !== undefined) return;
+    this.#ended = end;
+    this.#it = undefined;
+    this.#stream.off('progress', this.#onProgress);
+    this.#scheduleFlush();
+    this.#armLinger();
+  }
+
+  /** Send `s` what its credit and socket allow; then its end, if it has everything. */
+  deliver(s: FanoutSubscription): void {
+    const { chunks: maxChunks, bytes: maxBytes } = this.#limits.batch;
+    while (!s.closed && s.credit > 0 && s.cursor < this.#nextSeq && s.outlet.writable) {
+      if (s.cursor < this.#baseSeq) {
+        s.slow();
+        return;
+      }
+      const jsons: string[] = [];
+      let bytes = 0;
+      const first = s.cursor;
+      const stop = Math.min(this.#nextSeq, first + Math.min(s.credit, maxChunks));
+      for (let seq = first; seq < stop; seq++) {
+        const json = this.#slot(seq).json;
+        if (jsons.length > 0 && bytes + json.length > maxBytes) break;
+        jsons.push(json);
+        bytes += json.length;
+      }
+      s.cursor += jsons.length;
+      s.credit -= jsons.length;
+      s.outlet.sendChunks(chunksFrameText(s.sub, first, jsons), jsons.length);
+    }
+    if (!s.closed && this.#ended !== undefined && s.cursor >= this.#nextSeq) {
+      s.outlet.sendFrame(endFrame(s.sub, this.#ended));
+      s.close();
+    }
+  }
+
+  // ---- lifetime --------------------------------------------------------------------
+
+  #armLinger(): void {
+    if (this.#closed || this.#subs.size > 0 || this.#linger !== undefined) return;
+    this.#linger = setTimeout(() => {
+      this.#linger = undefined;
+      if (this.#subs.size > 0) return;
+      if (this.#ended === undefined) void this.#stream.cancel('no subscriber');
+      this.close();
+      this.#onForget(this);
+    }, this.#limits.lingerMs);
+    this.#linger.unref();
+  }
+
+  #disarmLinger(): void {
+    if (this.#linger === undefined) return;
+    clearTimeout(this.#linger);
+    this.#linger = undefined;
+  }
+
+  /** @internal */
+  countSlow(): void {
+    this.#metrics.slowConsumers.inc();
+    this.#metrics.error('ERR_SLOW_CONSUMER');
+  }
+}
+
+export class FanoutSubscription implements Subscription {
+  closed = false;
+  constructor(
+    readonly broadcast: Broadcast,
+    readonly outlet: Outlet,
+    readonly sub: number,
+    /** Next seq to send. */
+    public cursor: number,
+    public credit: number,
+  ) {}
+
+  get streamId(): string {
+    return this.broadcast.id;
+  }
+
+  grant(n: number): void {
+    this.credit = Math.min(this.credit + n, this.outlet.maxCredit);
+    this.pump();
+  }
+
+  pump(): void {
+    if (this.closed) return;
+    this.broadcast.deliver(this);
+    this.broadcast.kick();
+  }
+
+  progress(p: Progress): void {
+    // Best effort: progress is a latest-value signal, dropped while the socket is congested.
+    if (this.closed || !this.outlet.writable) return;
+    const frame = p.message === undefined ? { type: 'progress' as const, sub: this.sub, fraction: p.fraction } : { type: 'progress' as const, sub: this.sub, fraction: p.fraction, message: p.message };
+    this.outlet.sendFrame(frame);
+  }
+
+  /** Fell out of the ring: the chunks it still needs are gone. */
+  slow(): void {
+    if (this.closed) return;
+    this.broadcast.countSlow();
+    this.outlet.sendFrame(
+      errorFrame('ERR_SLOW_CONSUMER', `Subscription ${this.sub} fell more than the fan-out buffer behind stream ${this.streamId}; chunk ${this.cursor} is gone`, this.sub, true, {
+        seq: this.cursor,
+      }),
+    );
+    this.close();
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.broadcast.remove(this);
+    this.outlet.released(this.sub);
+  }
+}
