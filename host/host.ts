@@ -296,7 +296,7 @@ export class Sluice implements AsyncDisposable {
         priority: options.priority ?? 'normal',
         memoryMb: effective.memoryMb,
         demanded: () => stream.demanded,
-          start: () => void this.#start(stream, record, ticket, spec),
+        start: () => void this.#start(stream, record, ticket, spec),
       };
       stream.once('demand', () => e.scheduler.demandChanged(kind));
       this.#tickets.set(stream, ticket);
