@@ -186,12 +186,17 @@ export class Engine {
     });
   }
 
-  async close(): Promise<void> {
+  /** Refuse new work, wake readers, let `drain` finish what is in flight, flush, close LMDB. */
+  async close(drain?: () => Promise<void>): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.waiters.notifyAll();
-    await this.flushed();
-    await this.#root.close();
+    try {
+      await drain?.();
+      await this.flushed();
+    } finally {
+      await this.#root.close();
+    }
   }
 }
 
