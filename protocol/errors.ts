@@ -74,6 +74,8 @@ export const ERROR_CODES = {
   ERR_RATE_LIMITED: { message: 'Too many control frames' },
   ERR_SLOW_CONSUMER: { message: 'Client fell too far behind' },
   ERR_TOO_MANY_CONNECTIONS: { message: 'Connection limit reached' },
+  ERR_TOO_MANY_SUBSCRIPTIONS: { message: 'Subscription limit per connection reached' },
+  ERR_ROUTE_NOT_FOUND: { message: 'No such HTTP route' },
 
   // Operators and task graph
   ERR_BUFFER_OVERFLOW: { message: 'A bounded operator buffer overflowed' },
