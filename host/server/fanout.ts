@@ -300,6 +300,10 @@ export class FanoutSubscription implements Subscription {
     return this.broadcast.id;
   }
 
+  start(): void {
+    this.pump();
+  }
+
   grant(n: number): void {
     this.credit = Math.min(this.credit + n, this.outlet.maxCredit);
     this.pump();
@@ -334,6 +338,6 @@ export class FanoutSubscription implements Subscription {
     if (this.closed) return;
     this.closed = true;
     this.broadcast.remove(this);
-    this.outlet.released(this.sub);
+    this.outlet.released(this);
   }
 }

@@ -63,7 +63,7 @@ export class ReaderSubscription implements Subscription {
     this.closed = true;
     this.#abort.abort();
     this.pump();
-    this.#outlet.released(this.sub);
+    this.#outlet.released(this);
   }
 
   #ready(): boolean {

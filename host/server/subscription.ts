@@ -16,7 +16,7 @@ export interface Outlet {
   /** Send a control frame (not subject to credit; small and rare). */
   sendFrame(frame: ServerFrame): void;
   /** The subscription finished (end sent, or dropped); forget it. */
-  released(sub: number): void;
+  released(subscription: Subscription): void;
   /** Largest outstanding credit per subscription. */
   readonly maxCredit: number;
 }
@@ -24,6 +24,8 @@ export interface Outlet {
 export interface Subscription {
   readonly sub: number;
   readonly streamId: string;
+  /** Begin producing (after the `started` frame went out). */
+  start(): void;
   grant(n: number): void;
   /** Try to send what credit and the socket allow. */
   pump(): void;
