@@ -138,9 +138,12 @@ export class Engine {
   }
 
   getStreamBody(id: string): StreamBody | undefined {
-    const where = keyText(TABLES.streams, id);
     const bytes = this.streams.get(id);
-    if (bytes === undefined) return undefined;
+    return bytes === undefined ? undefined : this.decodeStreamBody(id, bytes);
+  }
+
+  decodeStreamBody(id: string, bytes: Uint8Array): StreamBody {
+    const where = keyText(TABLES.streams, id);
     return validateStreamBody(where, this.codec.decodeObject(where, bytes));
   }
 

@@ -123,23 +123,28 @@ export class ChunkLog {
   }
 
   /**
-   * Committed chunks with seq >= fromSeq, at most `limit`, from the current read
-   * snapshot. Seqs must run contiguously from max(fromSeq, head): a missing one is
-   * ERR_STORE_CORRUPT, never a silent hole.
+   * Committed chunks with seq >= max(fromSeq, head), at most `limit`, from the current
+   * read snapshot. Seqs must run contiguously: a missing one is ERR_STORE_CORRUPT, never
+   * a silent hole. The chunks before a bad record are returned with the error, so a
+   * reader can deliver them before it fails.
    */
-  readPage(id: string, fromSeq: number, limit: number, head: number): Chunk[] {
-    const from = Math.max(fromSeq, head);
-    const out: Chunk[] = [];
-    let expected = from;
-    for (const { key, value } of this.#engine.log.getRange({ start: [id, from], end: [id, MAX_SEQ], limit })) {
-      const [keyId, seq] = key;
-      if (keyId !== id) break;
-      const where = keyText(TABLES.log, [id, seq]);
-      if (seq !== expected) throw corrupt(where, `the log of stream ${id} has no chunk ${expected} before it`);
-      out.push({ seq, data: this.#engine.codec.decodeChunk(where, value).data });
-      expected++;
+  readPage(id: string, fromSeq: number, limit: number, head: number): { chunks: Chunk[]; error?: SluiceError } {
+    const chunks: Chunk[] = [];
+    let expected = Math.max(fromSeq, head);
+    try {
+      for (const { key, value } of this.#engine.log.getRange({ start: [id, expected], end: [id, MAX_SEQ], limit })) {
+        const [keyId, seq] = key;
+        if (keyId !== id) break;
+        const where = keyText(TABLES.log, [id, seq]);
+        if (seq !== expected) throw corrupt(where, `the log of stream ${id} has no chunk ${expected} before it`);
+        chunks.push({ seq, data: this.#engine.codec.decodeChunk(where, value).data });
+        expected++;
+      }
+    } catch (err) {
+      if (!(err instanceof SluiceError)) throw err;
+      return { chunks, error: err };
     }
-    return out;
+    return { chunks };
   }
 
   #load(body: StreamBody): LogState {

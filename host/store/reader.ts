@@ -64,13 +64,12 @@ export async function* readStream(engine: Engine, log: ChunkLog, id: string, opt
       continue;
     }
     const page = log.readPage(id, next, pageSize, body.head);
-    if (page.length > 0) {
-      for (const chunk of page) {
-        next = chunk.seq + 1;
-        yield { type: 'chunk', seq: chunk.seq, data: chunk.data };
-      }
-      continue;
+    for (const chunk of page.chunks) {
+      next = chunk.seq + 1;
+      yield { type: 'chunk', seq: chunk.seq, data: chunk.data };
     }
+    if (page.error !== undefined) throw page.error;
+    if (page.chunks.length > 0) continue;
     if (isFinished(body.status)) {
       yield body.error === undefined ? { type: 'end', status: body.status } : { type: 'end', status: body.status, error: body.error };
       return;

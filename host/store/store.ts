@@ -151,7 +151,8 @@ export class Store implements AsyncDisposable {
     });
     if (exists) throw new SluiceError('ERR_INVALID_ARGUMENT', `Stream ${id} already exists in the store`, { details: { streamId: id } });
     await this.#engine.flushed();
-    return publicRecord(body);
+    // What was stored, as getStream will return it (plain objects, not the validated copies).
+    return publicRecord(this.#engine.decodeStreamBody(id, value));
   }
 
   getStream(id: string): StreamRecord | undefined {
@@ -282,7 +283,9 @@ export class Store implements AsyncDisposable {
     assertInteger(limit, 'limit', 'ERR_INVALID_ARGUMENT', 1, 100_000);
     const body = this.#engine.getStreamBody(streamId);
     if (body === undefined) throw notFound(streamId);
-    return this.#log.readPage(streamId, fromSeq, limit, body.head);
+    const page = this.#log.readPage(streamId, fromSeq, limit, body.head);
+    if (page.error !== undefined) throw page.error;
+    return page.chunks;
   }
 
   /**
