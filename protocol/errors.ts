@@ -84,6 +84,7 @@ export const ERROR_CODES = {
   ERR_TASK_NOT_FOUND: { message: 'Task not found' },
   ERR_DEPENDENCY_FAILED: { message: 'A task this one depends on failed' },
   ERR_TASK_INVALID: { message: 'Task description is invalid' },
+  ERR_SINK_FAILED: { message: "A task's output sink threw" },
 } as const satisfies Record<string, CodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
