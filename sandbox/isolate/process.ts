@@ -1,0 +1,595 @@
+/**
+ * The sandbox process of the isolate sandbox: forked by host/sandbox/isolate-pool.ts,
+ * it hosts one isolated-vm isolate per stream. On Node 20 with isolated-vm 5 a single
+ * hostile allocation can abort this whole process; the host then kills and replaces it
+ * and only the streams in here fail. So nothing here trusts the isolates, and the host
+ * trusts nothing here beyond the message envelope.
+ *
+ * Rules this file keeps:
+ * - Never call into an isolate synchronously. Every call is an async `apply`, so this
+ *   thread stays free to watch `cpuTime` and heap usage and to `dispose()` a violator.
+ * - Plugin code never sees ivm: the isolate gets two Callbacks as arguments of the
+ *   bundle's wrapper function (runtime.ts keeps them in a closure), and the Reference to
+ *   its `dispatch` stays on this side.
+ * - Everything out of an isolate is parsed (`parseFromSandbox`) and its chunks copied
+ *   again (`copyChunk`) here, outside the plugin's realm; a bad message ends that
+ *   stream with a coded error, never the process.
+ *
+ * Two channels share the IPC pipe, tagged by `t`: comlink for the control plane
+ * (describe, ping, stats) and plain messages keyed by stream id for the data path.
+ */
+import { writeSync } from 'node:fs';
+import ivm from 'isolated-vm';
+import * as Comlink from 'comlink';
+import { copyChunk, type ChunkData, type ChunkRules } from '../../protocol/chunk.js';
+import { CreditLedger } from '../../protocol/credit.js';
+import { SluiceError, toWireError, type ErrorCode, type WireError } from '../../protocol/errors.js';
+import {
+  parseFromSandbox,
+  parseStartSpec,
+  parseToSandbox,
+  parseWireError,
+  type ActionKind,
+  type FromSandbox,
+  type StartSpec,
+  type ToSandbox,
+} from '../../protocol/messages.js';
+import type { DescribeResult, DispatchOp } from './runtime.js';
+
+// ---- IPC shapes (the host imports these as types only) ----------------------------
+
+export interface PluginScript {
+  id: string;
+  name: string;
+  script: string;
+}
+
+export type HostToProcess =
+  | { t: 'c'; d: unknown }
+  | { t: 'start'; s: string; plugin: PluginScript; spec: StartSpec }
+  | { t: 'to'; s: string; m: ToSandbox }
+  | { t: 'kill'; s: string; e: WireError };
+
+/** A stream's message, or its abnormal end (`x`: limit, kill, bad output, load failure). */
+export type OutItem = { s: string; m: FromSandbox } | { s: string; x: WireError };
+
+export type ProcessToHost = { t: 'c'; d: unknown } | { t: 'ready'; pid: number } | { t: 'out'; items: OutItem[] };
+
+export interface DescribeOptions {
+  memoryMb: number;
+  timeoutMs: number;
+}
+
+export type DescribeOutcome =
+  | { ok: true; manifest: unknown; actions: Record<string, ActionKind> }
+  | { ok: false; error: WireError };
+
+export interface ProcessStats {
+  pid: number;
+  /** Stream isolates alive now. */
+  isolates: number;
+  /** Sum of the latest heap samples (used + external) of those isolates, in bytes. */
+  heapUsed: number;
+  rss: number;
+}
+
+/** The comlink API of a sandbox process. */
+export interface ProcessApi {
+  ping(): number;
+  describe(script: string, options: DescribeOptions): Promise<DescribeOutcome>;
+  stats(): ProcessStats;
+}
+
+// ---- tuning ------------------------------------------------------------------------
+
+/** How often the watchdog reads each isolate's CPU time: well inside the 250 ms slack. */
+const WATCH_INTERVAL_MS = 25;
+/** Heap samples are async tasks on the isolate; every few watchdog ticks is enough. */
+const HEAP_SAMPLE_EVERY = 4;
+const MIB = 1024 * 1024;
+const NS_PER_MS = 1_000_000n;
+const CHUNK_DEPTH = 64;
+/** Compiled-code caches kept, by plugin id. */
+const CODE_CACHE_SIZE = 32;
+/** Log lines a stream may send in a burst, and refilled per second after it. */
+const LOG_BURST = 200;
+const LOG_PER_SECOND = 100;
+/** Sandbox errors a plugin may cause; any other code from an isolate is reported as ERR_PLUGIN_THREW. */
+const PLUGIN_ERROR_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'ERR_PLUGIN_THREW',
+  'ERR_PARAMS_INVALID',
+  'ERR_ACTION_NOT_FOUND',
+  'ERR_CHUNK_INVALID',
+  'ERR_LIMIT_CHUNK_BYTES',
+  'ERR_CANCELLED',
+  'ERR_INVALID_ARGUMENT',
+  'ERR_PLUGIN_LOAD',
+]);
+
+// ---- outbox: one IPC message per turn of the event loop ---------------------------
+
+class Outbox {
+  private items: OutItem[] = [];
+  private scheduled = false;
+  constructor(private readonly send: (msg: ProcessToHost) => void) {}
+
+  push(item: OutItem): void {
+    this.items.push(item);
+    if (this.scheduled) return;
+    this.scheduled = true;
+    setImmediate(() => this.flush());
+  }
+
+  flush(): void {
+    this.scheduled = false;
+    if (this.items.length === 0) return;
+    const items = this.items;
+    this.items = [];
+    this.send({ t: 'out', items });
+  }
+}
+
+// ---- one stream, one isolate ------------------------------------------------------
+
+type Dispatch = ivm.Reference<(op: DispatchOp, arg?: unknown) => unknown>;
+
+class IsolateStream {
+  private isolate: ivm.Isolate | undefined;
+  private dispatch: Dispatch | undefined;
+  private ended = false;
+  /** Host messages that arrived before the plugin was loaded. */
+  private early: ToSandbox[] = [];
+  private wakeTimer: { timeout: NodeJS.Timeout } | { immediate: NodeJS.Immediate } | undefined;
+  private wakeDue = Infinity;
+  private nextSeq: number;
+  private readonly ledger: CreditLedger;
+  private readonly rules: ChunkRules;
+  private readonly cpuLimitNs: bigint;
+  private readonly memoryLimitBytes: number;
+  private heapSamplePending = false;
+  private logTokens = LOG_BURST;
+  private logRefilledAt = Date.now();
+  private logsDropped = 0;
+  heapUsed = 0;
+
+  constructor(
+    readonly id: string,
+    private readonly spec: StartSpec,
+    private readonly owner: SandboxProcess,
+  ) {
+    this.nextSeq = spec.resume?.seq ?? 0;
+    this.ledger = new CreditLedger(spec.window);
+    this.rules = { maxDepth: CHUNK_DEPTH, maxChunkBytes: spec.limits.maxChunkBytes };
+    this.cpuLimitNs = BigInt(spec.limits.cpuMs) * NS_PER_MS;
+    this.memoryLimitBytes = spec.limits.memoryMb * MIB;
+  }
+
+  async start(plugin: PluginScript): Promise<void> {
+    try {
+      const isolate = new ivm.Isolate({
+        memoryLimit: this.spec.limits.memoryMb,
+        onCatastrophicError: (message) => this.owner.catastrophe(this.id, message),
+      });
+      this.isolate = isolate;
+      const context = await isolate.createContext();
+      const script = await this.owner.compile(isolate, plugin);
+      if (this.ended) return;
+      const wrapper = (await script.run(context, { reference: true })) as ivm.Reference<(...args: unknown[]) => unknown>;
+      const emit = new ivm.Callback((msg: unknown) => this.onEmit(msg), { ignored: true });
+      const wake = new ivm.Callback((delayMs: unknown) => this.onWake(delayMs), { ignored: true });
+      // Runs the plugin's top level; a plugin that spins here meets the watchdog.
+      const dispatch = (await wrapper.apply(undefined, [emit, wake], { result: { reference: true } })) as Dispatch;
+      wrapper.release();
+      if (this.ended) return;
+      this.dispatch = dispatch;
+      this.call('start', this.spec);
+      for (const msg of this.early) this.call('to', msg);
+      this.early = [];
+    } catch (err) {
+      if (this.ended) return;
+      if (this.isolate?.isDisposed === true) this.fail(this.disposedError(err));
+      else this.fail(toWireError(new SluiceError('ERR_PLUGIN_LOAD', `Plugin failed to load in its isolate: ${describe(err)}`), false));
+    }
+  }
+
+  /** A message from the host for this stream. */
+  deliver(msg: ToSandbox): void {
+    if (this.ended) return;
+    if (msg.type === 'credit') {
+      // The ledger mirrors what the host granted: consume() then flush() adds it to the outstanding credit.
+      this.ledger.consume(msg.chunks, msg.bytes);
+      this.ledger.flush();
+    }
+    if (this.dispatch === undefined) this.early.push(msg);
+    else this.call('to', msg);
+  }
+
+  /** Called by the watchdog every WATCH_INTERVAL_MS. */
+  watch(sampleHeap: boolean): void {
+    const isolate = this.isolate;
+    if (this.ended || isolate === undefined || isolate.isDisposed) return;
+    if (this.cpuLimitNs > 0n && isolate.cpuTime > this.cpuLimitNs) {
+      this.fail(limitError('ERR_LIMIT_CPU', `Stream used more than its ${this.spec.limits.cpuMs} ms of CPU time`, { cpuMs: this.spec.limits.cpuMs }));
+      return;
+    }
+    if (!sampleHeap || this.heapSamplePending) return;
+    // An async sample waits for the isolate to go idle; a spinning allocator meets ivm's
+    // own memoryLimit instead (and is reported as ERR_LIMIT_MEMORY in disposedError()).
+    this.heapSamplePending = true;
+    isolate.getHeapStatistics().then(
+      (h) => {
+        this.heapSamplePending = false;
+        this.heapUsed = h.used_heap_size + h.externally_allocated_size;
+        if (!this.ended && this.heapUsed > this.memoryLimitBytes) {
+          this.fail(
+            limitError('ERR_LIMIT_MEMORY', `Stream used ${Math.round(this.heapUsed / MIB)} MiB, over its ${this.spec.limits.memoryMb} MiB memory limit`, {
+              memoryMb: this.spec.limits.memoryMb,
+            }),
+          );
+        }
+      },
+      () => {
+        // The isolate was disposed meanwhile; its stream already has its outcome.
+        this.heapSamplePending = false;
+      },
+    );
+  }
+
+  /** End the stream with `error` (a limit, a kill, bad output) and free the isolate. */
+  fail(error: WireError): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.owner.out({ s: this.id, x: error });
+    this.release();
+  }
+
+  private call(op: DispatchOp, arg?: unknown): void {
+    const dispatch = this.dispatch;
+    if (dispatch === undefined || this.ended) return;
+    dispatch.apply(undefined, [op, arg], { arguments: { copy: true } }).catch((err: unknown) => {
+      if (this.ended) return;
+      if (this.isolate?.isDisposed === true) this.fail(this.disposedError(err));
+      else this.fail(toWireError(new SluiceError('ERR_PLUGIN_THREW', `Isolate runtime failed: ${describe(err)}`), false));
+    });
+  }
+
+  /** We dispose only after marking the stream ended, so any other disposal is ivm's memoryLimit. */
+  private disposedError(err: unknown): WireError {
+    return limitError('ERR_LIMIT_MEMORY', `Stream exceeded its ${this.spec.limits.memoryMb} MiB memory limit (${describe(err)})`, {
+      memoryMb: this.spec.limits.memoryMb,
+    });
+  }
+
+  private onWake(delayMs: unknown): void {
+    if (this.ended || typeof delayMs !== 'number' || !(delayMs >= 0)) return;
+    const due = Date.now() + delayMs;
+    if (this.wakeTimer !== undefined && due >= this.wakeDue) return;
+    this.clearWake();
+    this.wakeDue = due;
+    const fire = (): void => {
+      this.wakeTimer = undefined;
+      this.wakeDue = Infinity;
+      this.call('tick');
+    };
+    this.wakeTimer = delayMs < 1 ? { immediate: setImmediate(fire) } : { timeout: setTimeout(fire, delayMs) };
+  }
+
+  private clearWake(): void {
+    const t = this.wakeTimer;
+    if (t === undefined) return;
+    if ('timeout' in t) clearTimeout(t.timeout);
+    else clearImmediate(t.immediate);
+    this.wakeTimer = undefined;
+    this.wakeDue = Infinity;
+  }
+
+  /** A message from the plugin's realm: untrusted. */
+  private onEmit(raw: unknown): void {
+    if (this.ended) return;
+    let msg: FromSandbox;
+    try {
+      msg = this.check(parseFromSandbox(raw));
+    } catch (err) {
+      this.fail(toWireError(err, false, 'ERR_PROTOCOL'));
+      return;
+    }
+    if (msg.type === 'log' && !this.allowLog()) return;
+    this.owner.out({ s: this.id, m: msg });
+    if (msg.type === 'end' || msg.type === 'error') {
+      this.ended = true;
+      this.release();
+    }
+  }
+
+  private check(msg: FromSandbox): FromSandbox {
+    switch (msg.type) {
+      case 'batch': {
+        if (msg.firstSeq !== this.nextSeq) {
+          throw new SluiceError('ERR_PROTOCOL', `Batch starts at seq ${msg.firstSeq}, expected ${this.nextSeq}`);
+        }
+        const chunks = new Array<ChunkData>(msg.chunks.length);
+        let bytes = 0;
+        let largest = 0;
+        for (let i = 0; i < chunks.length; i++) {
+          const copy = copyChunk(msg.chunks[i], this.rules);
+          chunks[i] = copy.data;
+          bytes += copy.bytes;
+          if (copy.bytes > largest) largest = copy.bytes;
+        }
+        if (!this.ledger.receive(chunks.length, bytes, largest)) {
+          throw new SluiceError('ERR_PROTOCOL', `Sandbox sent ${chunks.length} chunks (${bytes} bytes) beyond its credit`);
+        }
+        this.nextSeq += chunks.length;
+        return { type: 'batch', firstSeq: msg.firstSeq, chunks, bytes, largest };
+      }
+      case 'checkpoint':
+        if (msg.seq !== this.nextSeq) throw new SluiceError('ERR_PROTOCOL', `Checkpoint at seq ${msg.seq}, expected ${this.nextSeq}`);
+        return { type: 'checkpoint', seq: msg.seq, state: copyChunk(msg.state, this.rules, 'checkpoint state').data };
+      case 'error': {
+        const e = msg.error;
+        if (PLUGIN_ERROR_CODES.has(e.code)) return { type: 'error', error: { code: e.code, message: e.message, ...(e.stack === undefined ? {} : { stack: e.stack }), ...(e.details === undefined ? {} : { details: e.details }) } };
+        // A plugin cannot claim a host-side outcome (a retriable crash, a limit).
+        return { type: 'error', error: { code: 'ERR_PLUGIN_THREW', message: `${e.code}: ${e.message}` } };
+      }
+      case 'progress':
+      case 'log':
+      case 'end':
+        return msg;
+    }
+  }
+
+  private allowLog(): boolean {
+    const now = Date.now();
+    this.logTokens = Math.min(LOG_BURST, this.logTokens + ((now - this.logRefilledAt) * LOG_PER_SECOND) / 1000);
+    this.logRefilledAt = now;
+    if (this.logTokens < 1) {
+      this.logsDropped++;
+      return false;
+    }
+    this.logTokens -= 1;
+    if (this.logsDropped > 0) {
+      this.owner.out({ s: this.id, m: { type: 'log', level: 'warn', message: `${this.logsDropped} log lines dropped (more than ${LOG_PER_SECOND}/s)` } });
+      this.logsDropped = 0;
+    }
+    return true;
+  }
+
+  /** Dispose the isolate; the stream's outcome has been queued already. */
+  private release(): void {
+    this.clearWake();
+    this.early = [];
+    const isolate = this.isolate;
+    this.isolate = undefined;
+    this.dispatch = undefined;
+    if (isolate !== undefined && !isolate.isDisposed) {
+      try {
+        isolate.dispose();
+      } catch {
+        // Already disposed by ivm (memory limit) between the check and the call.
+      }
+    }
+    this.owner.forget(this.id);
+  }
+}
+
+function limitError(code: ErrorCode, message: string, details: Record<string, unknown>): WireError {
+  return toWireError(new SluiceError(code, message, { details }), false);
+}
+
+function describe(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+// ---- the process ------------------------------------------------------------------
+
+class SandboxProcess {
+  private readonly streams = new Map<string, IsolateStream>();
+  private readonly codeCache = new Map<string, ivm.ExternalCopy<ArrayBuffer>>();
+  private readonly outbox: Outbox;
+  private watchTimer: NodeJS.Timeout | undefined;
+  private watchTicks = 0;
+
+  constructor(private readonly post: (msg: ProcessToHost) => void) {
+    this.outbox = new Outbox(post);
+  }
+
+  out(item: OutItem): void {
+    this.outbox.push(item);
+  }
+
+  forget(id: string): void {
+    this.streams.delete(id);
+    if (this.streams.size === 0 && this.watchTimer !== undefined) {
+      clearInterval(this.watchTimer);
+      this.watchTimer = undefined;
+    }
+  }
+
+  onHostMessage(msg: HostToProcess): void {
+    switch (msg.t) {
+      case 'start': {
+        let spec: StartSpec;
+        try {
+          spec = parseStartSpec(msg.spec);
+        } catch (err) {
+          this.out({ s: String(msg.s), x: toWireError(err, false, 'ERR_PROTOCOL') });
+          return;
+        }
+        if (this.streams.has(spec.streamId)) {
+          this.out({ s: spec.streamId, x: toWireError(new SluiceError('ERR_PROTOCOL', `Stream ${spec.streamId} is already running here`), false) });
+          return;
+        }
+        const stream = new IsolateStream(spec.streamId, spec, this);
+        this.streams.set(spec.streamId, stream);
+        this.watchTimer ??= setInterval(() => this.watch(), WATCH_INTERVAL_MS);
+        void stream.start(msg.plugin);
+        return;
+      }
+      case 'to': {
+        const stream = this.streams.get(msg.s);
+        if (stream === undefined) return;
+        let m: ToSandbox;
+        try {
+          m = parseToSandbox(msg.m);
+        } catch (err) {
+          stream.fail(toWireError(err, false, 'ERR_PROTOCOL'));
+          return;
+        }
+        stream.deliver(m);
+        return;
+      }
+      case 'kill': {
+        let error: WireError;
+        try {
+          error = parseWireError(msg.e);
+        } catch {
+          error = toWireError(new SluiceError('ERR_CANCELLED', 'Stream was terminated'), false);
+        }
+        const stream = this.streams.get(msg.s);
+        // Always answer, even for a stream that already ended: the host waits for this.
+        if (stream === undefined) this.out({ s: msg.s, x: error });
+        else stream.fail(error);
+        return;
+      }
+      case 'c':
+        return;
+    }
+  }
+
+  private watch(): void {
+    const sampleHeap = ++this.watchTicks % HEAP_SAMPLE_EVERY === 0;
+    for (const stream of this.streams.values()) stream.watch(sampleHeap);
+  }
+
+  async compile(isolate: ivm.Isolate, plugin: PluginScript): Promise<ivm.Script> {
+    const cached = this.codeCache.get(plugin.id);
+    const filename = `file:///sluice-plugin/${encodeURIComponent(plugin.name)}.js`;
+    if (cached !== undefined) {
+      const script = await isolate.compileScript(plugin.script, { filename, cachedData: cached });
+      if (script.cachedDataRejected !== true) {
+        // Refresh its LRU position.
+        this.codeCache.delete(plugin.id);
+        this.codeCache.set(plugin.id, cached);
+        return script;
+      }
+      this.codeCache.delete(plugin.id);
+    }
+    const script = await isolate.compileScript(plugin.script, { filename, produceCachedData: true });
+    if (script.cachedData !== undefined) {
+      this.codeCache.set(plugin.id, script.cachedData);
+      for (const key of this.codeCache.keys()) {
+        if (this.codeCache.size <= CODE_CACHE_SIZE) break;
+        this.codeCache.delete(key);
+      }
+    }
+    return script;
+  }
+
+  /** Report which stream took the process down, then let it die (ivm: state is unrecoverable). */
+  catastrophe(streamId: string, message: string): void {
+    try {
+      writeSync(2, `sluice isolate process ${process.pid}: catastrophic V8 error in stream ${streamId}: ${message}\n`);
+    } finally {
+      process.abort();
+    }
+  }
+
+  /** Load the bundle in a throwaway isolate and read its manifest and actions. */
+  async describe(script: string, options: DescribeOptions): Promise<DescribeOutcome> {
+    const isolate = new ivm.Isolate({ memoryLimit: options.memoryMb, onCatastrophicError: (m) => this.catastrophe('(describe)', m) });
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      isolate.dispose();
+    }, options.timeoutMs);
+    try {
+      const context = await isolate.createContext();
+      const compiled = await isolate.compileScript(script, { filename: 'file:///sluice-plugin/describe.js' });
+      const wrapper = (await compiled.run(context, { reference: true })) as ivm.Reference<(...args: unknown[]) => unknown>;
+      const ignore = new ivm.Callback(() => undefined, { ignored: true });
+      const dispatch = (await wrapper.apply(undefined, [ignore, ignore], { result: { reference: true } })) as Dispatch;
+      const result = (await dispatch.apply(undefined, ['describe'], { result: { copy: true } })) as DescribeResult;
+      return parseDescribe(result);
+    } catch (err) {
+      const why = timedOut
+        ? `did not load within ${options.timeoutMs} ms`
+        : isolate.isDisposed
+          ? `exceeded ${options.memoryMb} MiB while loading (${describe(err)})`
+          : `threw while loading: ${describe(err)}`;
+      return { ok: false, error: toWireError(new SluiceError('ERR_PLUGIN_LOAD', `Plugin ${why}`), false) };
+    } finally {
+      clearTimeout(timer);
+      if (!isolate.isDisposed) isolate.dispose();
+    }
+  }
+
+  stats(): ProcessStats {
+    let heapUsed = 0;
+    for (const s of this.streams.values()) heapUsed += s.heapUsed;
+    return { pid: process.pid, isolates: this.streams.size, heapUsed, rss: process.memoryUsage.rss() };
+  }
+
+  disposeAll(): void {
+    for (const s of [...this.streams.values()]) s.fail(toWireError(new SluiceError('ERR_HOST_CLOSED', 'Sandbox process is shutting down'), false));
+  }
+}
+
+function parseDescribe(result: unknown): DescribeOutcome {
+  const r = result as Partial<Record<string, unknown>> | null;
+  if (r === null || typeof r !== 'object') throw new SluiceError('ERR_PLUGIN_LOAD', 'describe returned no object');
+  if (r.ok === false) return { ok: false, error: parseWireError(r.error) };
+  const actions: Record<string, ActionKind> = {};
+  const raw = r.actions as Record<string, unknown> | null;
+  if (raw === null || typeof raw !== 'object') throw new SluiceError('ERR_PLUGIN_LOAD', 'describe returned no actions');
+  for (const [name, kind] of Object.entries(raw)) {
+    if (kind !== 'unary' && kind !== 'stream') throw new SluiceError('ERR_PLUGIN_LOAD', `describe returned kind ${String(kind)} for action ${name}`);
+    actions[name] = kind;
+  }
+  return { ok: true, manifest: r.manifest, actions };
+}
+
+// ---- comlink over the IPC channel -------------------------------------------------
+
+type Listener = (ev: { data: unknown }) => void;
+
+function ipcEndpoint(post: (msg: ProcessToHost) => void, listeners: Set<Listener>): Comlink.Endpoint {
+  return {
+    postMessage: (d: unknown) => post({ t: 'c', d }),
+    addEventListener: (_type: string, l: unknown) => void listeners.add(l as Listener),
+    removeEventListener: (_type: string, l: unknown) => void listeners.delete(l as Listener),
+  } as Comlink.Endpoint;
+}
+
+function main(): void {
+  const send = process.send?.bind(process);
+  if (send === undefined) throw new Error('sluice isolate process must be started with an IPC channel (child_process.fork)');
+  const post = (msg: ProcessToHost): void => {
+    send(msg);
+  };
+  const sandbox = new SandboxProcess(post);
+  const comlinkListeners = new Set<Listener>();
+  const api: ProcessApi = {
+    ping: () => Date.now(),
+    describe: (script, options) => sandbox.describe(script, options),
+    stats: () => sandbox.stats(),
+  };
+  Comlink.expose(api, ipcEndpoint(post, comlinkListeners));
+  process.on('message', (raw: unknown) => {
+    const msg = raw as HostToProcess;
+    if (msg === null || typeof msg !== 'object') return;
+    if (msg.t === 'c') {
+      for (const l of comlinkListeners) l({ data: msg.d });
+      return;
+    }
+    sandbox.onHostMessage(msg);
+  });
+  // The host went away (closed the channel, or died): nothing left to serve.
+  process.on('disconnect', () => {
+    sandbox.disposeAll();
+    process.exit(0);
+  });
+  post({ t: 'ready', pid: process.pid });
+}
+
+// Only run as the forked entry, so the host can import this module's types freely.
+if (typeof process.send === 'function' && process.env.SLUICE_ISOLATE_PROCESS === '1') main();
