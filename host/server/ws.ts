@@ -240,7 +240,8 @@ export class Connection implements Outlet {
     }
     const id = ownedStreamId(this.principal, frame.options?.id);
     try {
-      this.#ctx.hub.start(id, frame.plugin, frame.action, frame.params, frame.options);
+      // Start is idempotent per id: a start resent after a reconnect joins the stream it started.
+      if (this.#ctx.hub.liveStream(id) === undefined) this.#ctx.hub.start(id, frame.plugin, frame.action, frame.params, frame.options);
     } catch (err) {
       const wire = toWireError(err, false, 'ERR_INVALID_ARGUMENT');
       this.sendFrame(errorFrame(wire.code, wire.message, frame.sub, true, wire.details));
