@@ -1,0 +1,179 @@
+/**
+ * One attempt at a task: start its source (a host stream, a resumed durable stream, or
+ * a pipeline), hand every new chunk to the output, and report how it ended. Never
+ * rejects: every failure is an outcome with a coded error.
+ *
+ * Chunks below `nextSeq()` are skipped: they were delivered by an earlier attempt.
+ * A resumed stream restarts at its checkpoint, which may be before the last chunk
+ * delivered; a restarted one restarts at 0. Either way the output sees each seq once
+ * (for a restart this assumes the action is deterministic, as any blind retry does).
+ */
+import { SluiceError, isSluiceError, toWireError } from '../../protocol/errors.js';
+import type { ActionKind } from '../../protocol/messages.js';
+import { buildPipeline } from '../operators/pipeline.js';
+import type { Chunk, SluiceStream, StreamOptions, StreamStatus } from '../types.js';
+import type { PipelineTaskSpec, TaskSpec } from './spec.js';
+import type { FinalStatus } from './state.js';
+
+/**
+ * The part of `Sluice` a task graph uses; a test double can stand in for it.
+ *
+ * @example
+ * const graph = new TaskGraph(host, spec); // host: a Sluice
+ */
+export interface TaskHost {
+  stream(plugin: string, action: string, params?: unknown, options?: StreamOptions): SluiceStream;
+  /**
+   * Resume a durable stream (`durability: 'checkpoint'` or `'log'`) from its last
+   * checkpoint; the plugin runs again with `ctx.resume`. When present, a retried
+   * stream task that saw a checkpoint resumes instead of restarting.
+   */
+  resume?(streamId: string, options?: StreamOptions): SluiceStream | Promise<SluiceStream>;
+  /**
+   * True once `StreamOptions.input` (an AsyncIterable the action consumes) is
+   * supported; until then a task with `input` is refused at submit.
+   */
+  readonly acceptsInput?: boolean;
+}
+
+export interface AttemptHooks {
+  /** The first seq not yet delivered. */
+  nextSeq(): number;
+  /** Take a new chunk; a throw (or rejection) fails the attempt with ERR_SINK_FAILED. */
+  deliver(chunk: Chunk<unknown>): void | Promise<void>;
+  /** The host gave the attempt a stream. */
+  stream(stream: SluiceStream): void;
+  /** The host admitted the stream into a sandbox. */
+  running(): void;
+  /** The plugin stored a checkpoint. */
+  checkpoint(streamId: string, seq: number): void;
+}
+
+export interface AttemptPlan {
+  /** Resume this durable stream instead of starting afresh. */
+  resume?: { streamId: string; seq: number };
+  /** Aborting cancels the attempt's stream (or pipeline). */
+  signal: AbortSignal;
+}
+
+export interface AttemptOutcome {
+  status: FinalStatus;
+  error?: SluiceError;
+  chunks: number;
+  bytes: number;
+  /** The action kind, as the sandbox reported it. */
+  kind?: ActionKind;
+}
+
+export function asSluiceError(err: unknown, fallback: 'ERR_PLUGIN_THREW' | 'ERR_SINK_FAILED' = 'ERR_PLUGIN_THREW'): SluiceError {
+  if (isSluiceError(err)) return err;
+  const wire = toWireError(err, false, fallback);
+  return new SluiceError(wire.code, wire.message, { cause: err });
+}
+
+function reasonOf(signal: AbortSignal): SluiceError {
+  return isSluiceError(signal.reason) ? signal.reason : new SluiceError('ERR_CANCELLED', 'Task cancelled');
+}
+
+class SinkError {
+  constructor(readonly error: SluiceError) {}
+}
+
+async function deliver(hooks: AttemptHooks, chunk: Chunk<unknown>): Promise<void> {
+  try {
+    await hooks.deliver(chunk);
+  } catch (err) {
+    throw new SinkError(isSluiceError(err) ? err : new SluiceError('ERR_SINK_FAILED', `Output sink threw: ${toWireError(err, false).message}`, { cause: err }));
+  }
+}
+
+/** Stream options for a task: its priority, sandbox, limits and durability. */
+export function streamOptions(spec: TaskSpec, extra: Partial<StreamOptions> = {}): StreamOptions {
+  const options: StreamOptions = { priority: spec.priority, ...extra };
+  if (spec.sandbox !== undefined) options.sandbox = spec.sandbox;
+  const limits = { ...spec.limits };
+  // Collected output lives in memory: the host enforces the bound and stops the producer.
+  if (spec.kind === 'call' || (spec.kind === 'stream' && spec.output === 'collect')) {
+    limits.maxChunks = limits.maxChunks ? Math.min(limits.maxChunks, spec.collect.maxChunks) : spec.collect.maxChunks;
+    limits.maxBytes = limits.maxBytes ? Math.min(limits.maxBytes, spec.collect.maxBytes) : spec.collect.maxBytes;
+  }
+  if (Object.keys(limits).length > 0) options.limits = limits;
+  if (spec.kind === 'stream' && spec.durability !== 'none') options.durability = spec.durability;
+  return options;
+}
+
+/** Run one attempt of a call or stream task against the host. */
+export async function runStreamAttempt(host: TaskHost, spec: Exclude<TaskSpec, PipelineTaskSpec>, plan: AttemptPlan, hooks: AttemptHooks): Promise<AttemptOutcome> {
+  const { signal } = plan;
+  let stream: SluiceStream;
+  try {
+    signal.throwIfAborted();
+    stream = plan.resume !== undefined && host.resume !== undefined ? await host.resume(plan.resume.streamId, streamOptions(spec)) : host.stream(spec.plugin, spec.action, spec.params, streamOptions(spec));
+  } catch (err) {
+    const error = signal.aborted ? reasonOf(signal) : asSluiceError(err, 'ERR_PLUGIN_THREW');
+    return { status: error.code === 'ERR_CANCELLED' ? 'cancelled' : 'failed', error, chunks: 0, bytes: 0 };
+  }
+  hooks.stream(stream);
+  const onStatus = (status: StreamStatus): void => {
+    if (status === 'running') hooks.running();
+  };
+  const onCheckpoint = (cp: { seq: number }): void => hooks.checkpoint(stream.id, cp.seq);
+  const onAbort = (): void => void stream.cancel(reasonOf(signal).message);
+  stream.on('status', onStatus);
+  stream.on('checkpoint', onCheckpoint);
+  signal.addEventListener('abort', onAbort, { once: true });
+  if (stream.status === 'running') hooks.running();
+  if (signal.aborted) onAbort();
+  let sinkError: SluiceError | undefined;
+  try {
+    for await (const chunk of stream) {
+      if (chunk.seq < hooks.nextSeq()) continue;
+      await deliver(hooks, chunk);
+    }
+  } catch (err) {
+    // The stream's own error is in its result; only the sink's is news here.
+    if (err instanceof SinkError) sinkError = err.error;
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+  const result = await stream.result;
+  stream.off('status', onStatus);
+  stream.off('checkpoint', onCheckpoint);
+  const outcome: AttemptOutcome = { status: result.status, chunks: result.chunks, bytes: result.bytes };
+  if (result.kind !== undefined) outcome.kind = result.kind;
+  if (sinkError !== undefined) {
+    outcome.status = 'failed';
+    outcome.error = sinkError;
+  } else if (result.error !== undefined) outcome.error = result.error;
+  return outcome;
+}
+
+/**
+ * Run one attempt of a pipeline task. Items get seqs by position, so a retry (which
+ * restarts the pipeline) skips the ones already delivered. The pipeline's plugin
+ * streams are the host's; bytes are not known here and stay 0.
+ */
+export async function runPipelineAttempt(host: TaskHost, spec: PipelineTaskSpec, plan: AttemptPlan, hooks: AttemptHooks): Promise<AttemptOutcome> {
+  const { signal } = plan;
+  let seq = 0;
+  try {
+    signal.throwIfAborted();
+    const out = buildPipeline(
+      spec.pipeline,
+      {
+        stream: (plugin, action, params, input) => host.stream(plugin, action, params, streamOptions(spec, input === undefined ? {} : ({ input } as Partial<StreamOptions>))),
+      },
+      { signal },
+    );
+    hooks.running();
+    for await (const data of out) {
+      if (seq >= hooks.nextSeq()) await deliver(hooks, { seq, data });
+      seq++;
+    }
+    return { status: 'done', chunks: seq, bytes: 0 };
+  } catch (err) {
+    if (signal.aborted) return { status: 'cancelled', error: reasonOf(signal), chunks: seq, bytes: 0 };
+    const error = err instanceof SinkError ? err.error : asSluiceError(err);
+    return { status: error.code === 'ERR_CANCELLED' ? 'cancelled' : 'failed', error, chunks: seq, bytes: 0 };
+  }
+}

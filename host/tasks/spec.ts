@@ -1,0 +1,351 @@
+/**
+ * The task-graph description (a JSON task file, or the same object from code) and its
+ * parser. Parsing is the trust boundary: whatever comes back is well-formed, every id is
+ * unique, every dependency exists and the dependencies form no cycle, so the runner
+ * never discovers a bad graph half-way through.
+ *
+ * Errors name the field: `tasks.fetch.retry.max` once a task's id is known, `tasks[3].id`
+ * before. Unknown fields are rejected (a typo such as `dependOn` would otherwise be a
+ * silently ignored dependency).
+ */
+import { assertInteger, assertNumber, assertObject, assertOneOf, assertString, fail, isObject, type Obj } from '../../protocol/assert.js';
+import { SluiceError, isErrorCode, isSluiceError, type ErrorCode } from '../../protocol/errors.js';
+import { parsePipeline, type Pipeline } from '../../protocol/pipeline.js';
+import { parsePartialLimits, type Limits } from '../../protocol/limits.js';
+import type { SandboxKind } from '../../sandbox/sdk.js';
+import type { Durability, Priority } from '../types.js';
+import { checkGraph } from './graph.js';
+
+export const TASK_KINDS = ['call', 'stream', 'pipeline'] as const;
+export type TaskKind = (typeof TASK_KINDS)[number];
+/** What happens to a stream task's chunks when no sink is given: kept (bounded) or only counted. */
+export const OUTPUT_MODES = ['collect', 'discard'] as const;
+export type OutputMode = (typeof OUTPUT_MODES)[number];
+
+const PRIORITY_VALUES: readonly Priority[] = ['high', 'normal', 'low'];
+const SANDBOXES: readonly SandboxKind[] = ['worker', 'isolate'];
+const DURABILITIES: readonly Durability[] = ['none', 'checkpoint', 'log'];
+const CODE: ErrorCode = 'ERR_TASK_INVALID';
+/** Ids become CLI arguments and file names; `/` is kept for `graph/task` addressing. */
+const ID_PATTERN = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+export const TASK_LIMITS = Object.freeze({
+  maxTasks: 10_000,
+  maxDependencies: 1_000,
+  maxRetries: 100,
+  maxBackoffMs: 24 * 60 * 60 * 1000,
+  maxConcurrency: 10_000,
+});
+
+export interface RetryPolicy {
+  /** Retries after the first attempt (0 = none). */
+  readonly max: number;
+  /** Delay before the first retry, before jitter. */
+  readonly backoffMs: number;
+  /** Each further retry waits `factor` times longer, up to `maxBackoffMs`. */
+  readonly factor: number;
+  readonly maxBackoffMs: number;
+  /** Fraction of the delay that is random: 0 = exact, 1 = anywhere in [0, delay]. */
+  readonly jitter: number;
+  /** Codes retried besides the retriable ones (ERR_SANDBOX_CRASHED...), e.g. ERR_PLUGIN_THREW. */
+  readonly on: readonly ErrorCode[];
+}
+
+export const DEFAULT_RETRY: RetryPolicy = Object.freeze({ max: 0, backoffMs: 100, factor: 2, maxBackoffMs: 30_000, jitter: 0.5, on: Object.freeze([]) });
+
+/** Bounds on what a `collect` task keeps in memory; enforced by the host as stream limits. */
+export interface CollectBounds {
+  readonly maxChunks: number;
+  readonly maxBytes: number;
+}
+
+export const DEFAULT_COLLECT: CollectBounds = Object.freeze({ maxChunks: 10_000, maxBytes: 16 * 1024 * 1024 });
+
+interface TaskBase {
+  readonly id: string;
+  readonly priority: Priority;
+  /** Tasks that must be done before this one starts. */
+  readonly dependsOn: readonly string[];
+  readonly retry: RetryPolicy;
+  readonly sandbox?: SandboxKind;
+  readonly limits?: Partial<Limits>;
+}
+
+/** A unary action (or a streaming one collected into an array): its output is the result. */
+export interface CallTaskSpec extends TaskBase {
+  readonly kind: 'call';
+  readonly plugin: string;
+  readonly action: string;
+  readonly params: unknown;
+  readonly collect: CollectBounds;
+}
+
+export interface StreamTaskSpec extends TaskBase {
+  readonly kind: 'stream';
+  readonly plugin: string;
+  readonly action: string;
+  readonly params: unknown;
+  readonly output: OutputMode;
+  readonly collect: CollectBounds;
+  readonly durability: Durability;
+  /** Another task whose stream this one reads as its input (needs host support, see runner). */
+  readonly input?: string;
+}
+
+/** A pipeline (protocol/pipeline.ts), built by the runner with the host's streams. */
+export interface PipelineTaskSpec extends TaskBase {
+  readonly kind: 'pipeline';
+  readonly pipeline: Pipeline;
+  readonly output: OutputMode;
+  readonly collect: CollectBounds;
+}
+
+export type TaskSpec = CallTaskSpec | StreamTaskSpec | PipelineTaskSpec;
+
+export interface GraphSpec {
+  /** A name for status output and the data folder; the runner makes one up when absent. */
+  readonly name?: string;
+  /** Tasks of this graph in flight at once (queued in the host or running). */
+  readonly concurrency?: number;
+  /** Cancel the rest of the graph when a task fails. */
+  readonly failFast: boolean;
+  readonly tasks: readonly TaskSpec[];
+}
+
+const GRAPH_KEYS = new Set(['$schema', 'version', 'name', 'concurrency', 'failFast', 'defaults', 'tasks']);
+const DEFAULT_KEYS = new Set(['priority', 'sandbox', 'retry', 'collect']);
+const COMMON_KEYS = ['id', 'kind', 'priority', 'dependsOn', 'retry', 'sandbox', 'limits', 'description'];
+const TASK_KEYS: Record<TaskKind, Set<string>> = {
+  call: new Set([...COMMON_KEYS, 'plugin', 'action', 'params', 'collect']),
+  stream: new Set([...COMMON_KEYS, 'plugin', 'action', 'params', 'output', 'collect', 'durability', 'input']),
+  pipeline: new Set([...COMMON_KEYS, 'pipeline', 'output', 'collect']),
+};
+const RETRY_KEYS = new Set(['max', 'backoffMs', 'factor', 'maxBackoffMs', 'jitter', 'on']);
+const COLLECT_KEYS = new Set(['maxChunks', 'maxBytes']);
+
+function assertKnownKeys(value: Obj, allowed: Set<string>, field: string): void {
+  for (const key of Object.keys(value)) {
+    if (!allowed.has(key)) {
+      throw new SluiceError(CODE, `Unknown field \`${field}.${key}\` (allowed: ${[...allowed].join(', ')})`, { details: { field: `${field}.${key}` } });
+    }
+  }
+}
+
+function assertId(value: unknown, field: string): asserts value is string {
+  if (typeof value !== 'string' || !ID_PATTERN.test(value)) fail(CODE, field, 'an id of 1-128 letters, digits, `_`, `.`, `:` or `-`', value);
+}
+
+/** Parse a retry policy over `base` (the graph default, or DEFAULT_RETRY). */
+export function parseRetry(value: unknown, field: string, base: RetryPolicy = DEFAULT_RETRY): RetryPolicy {
+  if (value === undefined) return base;
+  assertObject(value, field, CODE);
+  assertKnownKeys(value, RETRY_KEYS, field);
+  const out = { ...base };
+  if (value.max !== undefined) {
+    assertInteger(value.max, `${field}.max`, CODE, 0, TASK_LIMITS.maxRetries);
+    out.max = value.max;
+  }
+  if (value.backoffMs !== undefined) {
+    assertInteger(value.backoffMs, `${field}.backoffMs`, CODE, 0, TASK_LIMITS.maxBackoffMs);
+    out.backoffMs = value.backoffMs;
+  }
+  if (value.factor !== undefined) {
+    assertNumber(value.factor, `${field}.factor`, CODE, 1, 100);
+    out.factor = value.factor;
+  }
+  if (value.maxBackoffMs !== undefined) {
+    assertInteger(value.maxBackoffMs, `${field}.maxBackoffMs`, CODE, 0, TASK_LIMITS.maxBackoffMs);
+    out.maxBackoffMs = value.maxBackoffMs;
+  }
+  if (value.jitter !== undefined) {
+    assertNumber(value.jitter, `${field}.jitter`, CODE, 0, 1);
+    out.jitter = value.jitter;
+  }
+  if (value.on !== undefined) {
+    if (!Array.isArray(value.on)) fail(CODE, `${field}.on`, 'an array of error codes', value.on);
+    value.on.forEach((code, i) => {
+      if (!isErrorCode(code)) fail(CODE, `${field}.on[${i}]`, 'an error code from protocol/ERRORS.md', code);
+    });
+    out.on = Object.freeze([...(value.on as ErrorCode[])]);
+  }
+  if (out.maxBackoffMs < out.backoffMs) fail(CODE, `${field}.maxBackoffMs`, `at least backoffMs (${out.backoffMs})`, out.maxBackoffMs);
+  return Object.freeze(out);
+}
+
+function parseCollect(value: unknown, field: string, base: CollectBounds): CollectBounds {
+  if (value === undefined) return base;
+  assertObject(value, field, CODE);
+  assertKnownKeys(value, COLLECT_KEYS, field);
+  const out = { ...base };
+  if (value.maxChunks !== undefined) {
+    assertInteger(value.maxChunks, `${field}.maxChunks`, CODE, 1);
+    out.maxChunks = value.maxChunks;
+  }
+  if (value.maxBytes !== undefined) {
+    assertInteger(value.maxBytes, `${field}.maxBytes`, CODE, 1);
+    out.maxBytes = value.maxBytes;
+  }
+  return Object.freeze(out);
+}
+
+interface Defaults {
+  priority: Priority;
+  sandbox: SandboxKind | undefined;
+  retry: RetryPolicy;
+  collect: CollectBounds;
+}
+
+function parseDefaults(value: unknown): Defaults {
+  const out: Defaults = { priority: 'normal', sandbox: undefined, retry: DEFAULT_RETRY, collect: DEFAULT_COLLECT };
+  if (value === undefined) return out;
+  assertObject(value, 'defaults', CODE);
+  assertKnownKeys(value, DEFAULT_KEYS, 'defaults');
+  if (value.priority !== undefined) {
+    assertOneOf(value.priority, PRIORITY_VALUES, 'defaults.priority', CODE);
+    out.priority = value.priority;
+  }
+  if (value.sandbox !== undefined) {
+    assertOneOf(value.sandbox, SANDBOXES, 'defaults.sandbox', CODE);
+    out.sandbox = value.sandbox;
+  }
+  out.retry = parseRetry(value.retry, 'defaults.retry');
+  out.collect = parseCollect(value.collect, 'defaults.collect', DEFAULT_COLLECT);
+  return out;
+}
+
+/** ERR_PIPELINE_INVALID from the pipeline parser, its field prefixed with the task's. */
+function parseTaskPipeline(value: unknown, field: string): Pipeline {
+  try {
+    return parsePipeline(value);
+  } catch (err) {
+    if (!isSluiceError(err)) throw err;
+    const inner = typeof err.details?.field === 'string' && err.details.field !== '' ? `${field}.${err.details.field}` : field;
+    throw new SluiceError(err.code, `\`${field}\`: ${err.message}`, { cause: err, details: { ...err.details, field: inner } });
+  }
+}
+
+function parseDependsOn(value: unknown, field: string): string[] {
+  if (value === undefined) return [];
+  if (!Array.isArray(value)) fail(CODE, field, 'an array of task ids', value);
+  if (value.length > TASK_LIMITS.maxDependencies) fail(CODE, field, `at most ${TASK_LIMITS.maxDependencies} ids`, value);
+  const seen = new Set<string>();
+  value.forEach((dep, i) => {
+    assertId(dep, `${field}[${i}]`);
+    if (seen.has(dep)) throw new SluiceError(CODE, `\`${field}\` lists \`${dep}\` twice`, { details: { field: `${field}[${i}]` } });
+    seen.add(dep);
+  });
+  return [...seen];
+}
+
+function parseTask(value: unknown, index: number, defaults: Defaults): TaskSpec {
+  assertObject(value, `tasks[${index}]`, CODE);
+  assertId(value.id, `tasks[${index}].id`);
+  const field = `tasks.${value.id}`;
+  assertOneOf(value.kind, TASK_KINDS, `${field}.kind`, CODE);
+  const kind = value.kind;
+  assertKnownKeys(value, TASK_KEYS[kind], field);
+  if (value.description !== undefined) assertString(value.description, `${field}.description`, CODE, 4096);
+  let priority = defaults.priority;
+  if (value.priority !== undefined) {
+    assertOneOf(value.priority, PRIORITY_VALUES, `${field}.priority`, CODE);
+    priority = value.priority;
+  }
+  let sandbox = defaults.sandbox;
+  if (value.sandbox !== undefined) {
+    assertOneOf(value.sandbox, SANDBOXES, `${field}.sandbox`, CODE);
+    sandbox = value.sandbox;
+  }
+  const base: TaskBase = {
+    id: value.id,
+    priority,
+    dependsOn: Object.freeze(parseDependsOn(value.dependsOn, `${field}.dependsOn`)),
+    retry: parseRetry(value.retry, `${field}.retry`, defaults.retry),
+    ...(sandbox === undefined ? {} : { sandbox }),
+    ...(value.limits === undefined ? {} : { limits: parsePartialLimits(value.limits, `${field}.limits`, CODE) }),
+  };
+  const collect = parseCollect(value.collect, `${field}.collect`, defaults.collect);
+  let output: OutputMode = 'collect';
+  if (value.output !== undefined) {
+    assertOneOf(value.output, OUTPUT_MODES, `${field}.output`, CODE);
+    output = value.output;
+  }
+  if (kind === 'pipeline') {
+    return Object.freeze({ ...base, kind, pipeline: parseTaskPipeline(value.pipeline, `${field}.pipeline`), output, collect });
+  }
+  assertString(value.plugin, `${field}.plugin`, CODE);
+  assertString(value.action, `${field}.action`, CODE, 256);
+  const params = value.params ?? {};
+  if (kind === 'call') return Object.freeze({ ...base, kind, plugin: value.plugin, action: value.action, params, collect });
+  let durability: Durability = 'none';
+  if (value.durability !== undefined) {
+    assertOneOf(value.durability, DURABILITIES, `${field}.durability`, CODE);
+    durability = value.durability;
+  }
+  const spec: StreamTaskSpec = { ...base, kind, plugin: value.plugin, action: value.action, params, output, collect, durability };
+  if (value.input !== undefined) {
+    assertId(value.input, `${field}.input`);
+    return Object.freeze({ ...spec, input: value.input });
+  }
+  return Object.freeze(spec);
+}
+
+/**
+ * Parse and check a task graph: shape, unique ids, known dependencies (ERR_TASK_NOT_FOUND),
+ * no cycle (ERR_TASK_CYCLE, naming it). Shape errors are ERR_TASK_INVALID naming the field.
+ *
+ * @example
+ * const spec = parseTaskGraph(JSON.parse(await readFile('tasks.json', 'utf8')));
+ */
+export function parseTaskGraph(data: unknown): GraphSpec {
+  if (!isObject(data)) fail(CODE, 'task graph', 'an object with a `tasks` array', data);
+  assertKnownKeys(data, GRAPH_KEYS, 'graph');
+  if (data.version !== undefined && data.version !== 1) fail(CODE, 'version', '1', data.version);
+  if (data.name !== undefined) assertId(data.name, 'name');
+  if (data.concurrency !== undefined) assertInteger(data.concurrency, 'concurrency', CODE, 1, TASK_LIMITS.maxConcurrency);
+  if (data.failFast !== undefined && typeof data.failFast !== 'boolean') fail(CODE, 'failFast', 'a boolean', data.failFast);
+  const defaults = parseDefaults(data.defaults);
+  if (!Array.isArray(data.tasks) || data.tasks.length === 0) fail(CODE, 'tasks', 'a non-empty array of tasks', data.tasks);
+  if (data.tasks.length > TASK_LIMITS.maxTasks) fail(CODE, 'tasks', `at most ${TASK_LIMITS.maxTasks} tasks`, data.tasks);
+  const tasks: TaskSpec[] = [];
+  const seen = new Set<string>();
+  data.tasks.forEach((value: unknown, i: number) => {
+    const task = parseTask(value, i, defaults);
+    if (seen.has(task.id)) throw new SluiceError(CODE, `Task id \`${task.id}\` is used twice (tasks[${i}])`, { details: { field: `tasks[${i}].id`, task: task.id } });
+    seen.add(task.id);
+    tasks.push(task);
+  });
+  checkInputs(tasks);
+  checkGraph(tasks.map((t) => ({ id: t.id, dependsOn: edgesOf(t) })));
+  return Object.freeze({
+    ...(data.name === undefined ? {} : { name: data.name as string }),
+    ...(data.concurrency === undefined ? {} : { concurrency: data.concurrency as number }),
+    failFast: data.failFast === true,
+    tasks: Object.freeze(tasks),
+  });
+}
+
+/** A task's incoming edges: its dependencies, and the task it reads its input from. */
+export function edgesOf(task: TaskSpec): readonly string[] {
+  return task.kind === 'stream' && task.input !== undefined && !task.dependsOn.includes(task.input) ? [...task.dependsOn, task.input] : task.dependsOn;
+}
+
+/** A stream is iterable once, so a task's output feeds at most one `input`. */
+function checkInputs(tasks: readonly TaskSpec[]): void {
+  const byId = new Map(tasks.map((t) => [t.id, t]));
+  const readers = new Map<string, string>();
+  for (const task of tasks) {
+    if (task.kind !== 'stream' || task.input === undefined) continue;
+    const source = byId.get(task.input);
+    if (source === undefined) continue; // checkGraph reports the unknown id
+    if (source.kind !== 'stream') {
+      throw new SluiceError(CODE, `\`tasks.${task.id}.input\` names \`${source.id}\`, a ${source.kind} task; only a stream task can be an input`, { details: { field: `tasks.${task.id}.input` } });
+    }
+    const other = readers.get(source.id);
+    if (other !== undefined) {
+      throw new SluiceError(CODE, `Task \`${source.id}\` is already the input of \`${other}\`; a stream can be read once (\`tasks.${task.id}.input\`)`, {
+        details: { field: `tasks.${task.id}.input` },
+      });
+    }
+    readers.set(source.id, task.id);
+  }
+}
