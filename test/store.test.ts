@@ -132,6 +132,7 @@ test('stream records survive a reopen', async (t) => {
   const kept = store.getStream('kept');
   assert.deepEqual(kept?.params, { bytes: new Uint8Array([1, 2, 3]), list: [1, 'two', null, true] });
   assert.equal(store.epoch, first.epoch);
+  await assert.rejects(store.createStream(stream('kept')), hasCode('ERR_INVALID_ARGUMENT'));
 });
 
 test('checkpoints: roundtrip, latest wins, unknown stream', async (t) => {

@@ -94,7 +94,7 @@ export class ChunkLog {
     const values: Buffer[] = new Array<Buffer>(chunks.length - skip);
     let bytes = 0;
     for (let i = skip; i < chunks.length; i++) {
-      const value = this.#engine.codec.encodeChunk(keyText(TABLES.log, [id, firstSeq + i]), chunks[i] as ChunkData, time);
+      const value = this.#engine.codec.encodeChunk(id, firstSeq + i, chunks[i] as ChunkData, time);
       values[i - skip] = value;
       bytes += value.byteLength;
     }

@@ -171,22 +171,27 @@ export class RecordCodec {
     }
   }
 
-  encodeChunk(where: string, data: ChunkData, time: number): Buffer {
+  /** Hot path: the key text is only built when sealing or failing. */
+  encodeChunk(id: string, seq: number, data: ChunkData, time: number): Buffer {
     let flags = this.#cipher === undefined ? 0 : FLAG_SEALED;
     let plain: Uint8Array;
     if (data instanceof Uint8Array) {
       flags |= FLAG_RAW;
       plain = data;
     } else {
-      plain = serializeChunk(where, data);
+      plain = serializeChunk(id, seq, data);
     }
     const sealed = (flags & FLAG_SEALED) !== 0;
     const out = Buffer.allocUnsafe(CHUNK_HEADER_BYTES + (sealed ? SEAL_OVERHEAD : 0) + plain.byteLength);
     out[0] = RECORD_VERSION;
     out[1] = flags;
     out.writeDoubleLE(time, HEADER_BYTES);
-    if (sealed) this.#requireCipher(where).sealInto(plain, aad(where, flags, time), out, CHUNK_HEADER_BYTES);
-    else out.set(plain, CHUNK_HEADER_BYTES);
+    if (sealed) {
+      const where = keyText(TABLES.log, [id, seq]);
+      this.#requireCipher(where).sealInto(plain, aad(where, flags, time), out, CHUNK_HEADER_BYTES);
+    } else {
+      out.set(plain, CHUNK_HEADER_BYTES);
+    }
     return out;
   }
 
@@ -265,11 +270,14 @@ function serializeBody(where: string, body: object): Buffer {
   }
 }
 
-function serializeChunk(where: string, data: ChunkData): Buffer {
+function serializeChunk(id: string, seq: number, data: ChunkData): Buffer {
   try {
     return serialize(data);
   } catch (err) {
-    throw new SluiceError('ERR_CHUNK_INVALID', `Chunk ${where} cannot be stored: ${String((err as Error)?.message ?? err)}`, { cause: err });
+    throw new SluiceError('ERR_CHUNK_INVALID', `Chunk ${seq} of stream ${id} cannot be stored: ${String((err as Error)?.message ?? err)}`, {
+      cause: err,
+      details: { streamId: id, seq },
+    });
   }
 }
 

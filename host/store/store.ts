@@ -140,16 +140,17 @@ export class Store implements AsyncDisposable {
     this.#engine.assertOpen();
     const body = validateCreate(init);
     const id = body.id;
+    if (this.#engine.streams.doesExist(id)) throw exists(id);
     for (const key of this.#engine.log.getKeys({ start: [id, 0], end: [id, MAX_SEQ], limit: 1 })) {
       if (key[0] === id) throw corrupt(keyText(TABLES.log, key), `stream ${id} does not exist but its log has chunks`);
     }
-    let exists = false;
+    let raced = false;
     const value = this.#engine.encodeStreamBody(body);
     await this.#engine.transaction(() => {
-      exists = this.#engine.streams.doesExist(id);
-      if (!exists) void this.#engine.streams.put(id, value);
+      raced = this.#engine.streams.doesExist(id);
+      if (!raced) void this.#engine.streams.put(id, value);
     });
-    if (exists) throw new SluiceError('ERR_INVALID_ARGUMENT', `Stream ${id} already exists in the store`, { details: { streamId: id } });
+    if (raced) throw exists(id);
     await this.#engine.flushed();
     // What was stored, as getStream will return it (plain objects, not the validated copies).
     return publicRecord(this.#engine.decodeStreamBody(id, value));
@@ -349,6 +350,10 @@ export class Store implements AsyncDisposable {
 
 function notFound(id: string): SluiceError {
   return new SluiceError('ERR_STREAM_NOT_FOUND', `Stream ${id} is not in the store`, { details: { streamId: id } });
+}
+
+function exists(id: string): SluiceError {
+  return new SluiceError('ERR_INVALID_ARGUMENT', `Stream ${id} already exists in the store`, { details: { streamId: id } });
 }
 
 function assertStreamId(value: unknown, field: string): asserts value is string {
