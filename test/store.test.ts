@@ -148,6 +148,14 @@ test('checkpoints: roundtrip, latest wins, unknown stream', async (t) => {
   const latest = store.getCheckpoint('s');
   assert.equal(latest?.seq, 23);
   assert.deepEqual(latest?.state, { seq: 23 });
+  // A checkpoint waits for the disk, but later writes do not wait for its flush.
+  await store.createStream(stream('log'));
+  const order: string[] = [];
+  const flushedCheckpoint = store.putCheckpoint({ streamId: 's', seq: 24, state: null }).then(() => order.push('checkpoint flushed'));
+  const committedAppend = store.appendChunks('log', 0, ['a']).then(() => order.push('later append committed'));
+  await Promise.all([flushedCheckpoint, committedAppend]);
+  assert.deepEqual(order, ['later append committed', 'checkpoint flushed']);
+
   await assert.rejects(store.putCheckpoint({ streamId: 'nope', seq: 0, state: null }), hasCode('ERR_STREAM_NOT_FOUND'));
   await assert.rejects(store.putCheckpoint({ streamId: 's', seq: -1, state: null }), /`seq`/);
 });
