@@ -50,6 +50,8 @@ export class Broadcast {
   #pulledBytes = 0;
   #pulling = false;
   #closed = false;
+  /** The stream ended badly: pull its outcome whatever the demand. */
+  #drainOutcome = false;
   #flushScheduled = false;
   #ended: EndInfo | undefined;
   #linger: NodeJS.Timeout | undefined;
@@ -68,6 +70,13 @@ export class Broadcast {
     // Throws ERR_STREAM_CONSUMED when someone else already reads this stream.
     this.#it = stream[Symbol.asyncIterator]();
     stream.on('progress', this.#onProgress);
+    // A stream that fails or is cancelled while nobody has credit must still say so:
+    // its queue is dropped, so one more next() returns the outcome at once.
+    void stream.result.then((r) => {
+      if (r.status === 'done') return;
+      this.#drainOutcome = true;
+      this.kick();
+    });
     this.#armLinger();
   }
 
@@ -139,6 +148,7 @@ export class Broadcast {
 
   /** The seq up to which (exclusive) some subscriber wants chunks pulled. */
   #demandLimit(): number {
+    if (this.#drainOutcome) return this.#nextSeq + 1;
     let limit = this.#nextSeq;
     const maxUnsent = this.#limits.ring.bytes / 2;
     for (const s of this.#subs) {
