@@ -24,6 +24,11 @@ import type { Uws } from './native.js';
 
 /** What uWS's `send` returns. */
 const SEND_DROPPED = 2;
+/**
+ * uWS kills a socket whose frame passes `maxPayloadLength` without a close frame; we set
+ * it to this multiple of `maxPayload` and close frames in between ourselves with 1009.
+ */
+const UWS_PAYLOAD_FACTOR = 4;
 /** RFC 6455 limits a close reason to 123 bytes. */
 const MAX_CLOSE_REASON = 123;
 
@@ -162,6 +167,13 @@ export class Connection implements Outlet {
       return;
     }
     this.#strikes = 0;
+    if (message.byteLength > this.#ctx.config.maxPayload) {
+      // uWS's own limit is a multiple of ours and drops the TCP connection without a close
+      // frame (the client sees 1006); under it we close properly with 1009 and the code.
+      this.#ctx.metrics.error('ERR_FRAME_TOO_LARGE');
+      this.end(CLOSE_CODES.TOO_BIG, 'ERR_FRAME_TOO_LARGE', `frame of ${message.byteLength} bytes, limit ${this.#ctx.config.maxPayload}`);
+      return;
+    }
     if (isBinary) {
       this.#ctx.metrics.tallies.frameIn('invalid');
       this.sendFrame(errorFrame('ERR_FRAME_INVALID', 'Binary frames are not part of sluice.v1; send JSON text frames'));
@@ -335,7 +347,7 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<UserData> {
     refuse(res, aborted, status, err.code, err.message);
   };
   return {
-    maxPayloadLength: config.maxPayload,
+    maxPayloadLength: config.maxPayload * UWS_PAYLOAD_FACTOR,
     // We close at `watermarks.hard` ourselves; uWS's own limit only backs that up.
     maxBackpressure: config.watermarks.hard + 2 * config.batch.bytes,
     closeOnBackpressureLimit: 0,
@@ -404,11 +416,9 @@ export function createWsBehavior(ctx: WsContext): WebSocketBehavior<UserData> {
       ws.getUserData().conn?.onDrain();
     },
 
-    close: (ws, code) => {
+    close: (ws) => {
       const conn = ws.getUserData().conn;
       if (conn === undefined) return;
-      // 1009 is uWS refusing an oversize frame: count it with its code.
-      if (code === CLOSE_CODES.TOO_BIG) metrics.error('ERR_FRAME_TOO_LARGE');
       conn.onClose();
     },
   };
