@@ -53,6 +53,10 @@ const RESPAWN_BACKOFF_MAX_MS = 5000;
 /** Kept from a process's stderr for the crash error's details. */
 const STDERR_TAIL = 4096;
 const MIN_DESCRIBE_MEMORY_MB = 8;
+/** A process whose IPC channel closed gets this long to exit on its own before SIGKILL. */
+const DISCONNECTED_GRACE_MS = 1000;
+/** Loading Node and isolated-vm takes a while on a busy machine; a process not ready after this plus `heartbeatTimeoutMs` is hung. */
+const STARTUP_ALLOWANCE_MS = 3000;
 
 const PROCESS_ENTRY = fileURLToPath(new URL('../../sandbox/isolate/process.js', import.meta.url));
 
@@ -96,6 +100,7 @@ class ProcessSlot {
   /** Why the pool killed it, if it did. */
   killedFor: 'unresponsive' | 'closed' | undefined;
   pingInFlight = false;
+  readonly spawnedAt = Date.now();
   stderrTail = '';
   /** Settles (never rejects) when the process has exited and its pipes closed. */
   readonly closed: Promise<void>;
@@ -135,13 +140,28 @@ class ProcessSlot {
       }
       onMessage(this, msg);
     });
+    // Gone = exited AND its IPC channel closed, so every message it managed to send has
+    // been handled. ('close' is not emitted at all after a host-side disconnect().)
     this.closed = new Promise((resolve) => {
-      this.child.once('close', (code, signal) => {
+      let exit: [number | null, NodeJS.Signals | null] | undefined;
+      let disconnected = false;
+      const settle = (): void => {
+        if (exit === undefined || !disconnected || this.gone) return;
         this.gone = true;
         this.ready = false;
         for (const w of this.readyWaiters.splice(0)) w(false);
-        onClose(this, code, signal);
         resolve();
+        onClose(this, exit[0], exit[1]);
+      };
+      this.child.once('exit', (code, signal) => {
+        exit = [code, signal];
+        settle();
+      });
+      this.child.once('disconnect', () => {
+        disconnected = true;
+        // A process without its channel cannot serve; it should be exiting already.
+        if (exit === undefined) setTimeout(() => this.kill(), DISCONNECTED_GRACE_MS).unref();
+        settle();
       });
     });
     const endpoint = {
@@ -177,28 +197,34 @@ class ProcessSlot {
   }
 
   /**
-   * Run a comlink call, failing with ERR_SANDBOX_CRASHED when the process dies first
-   * (comlink itself would wait forever), or with `timeout` after `timeoutMs`.
+   * Run a comlink call once the process is ready, failing with ERR_SANDBOX_CRASHED when
+   * the process dies first (comlink itself would wait forever), with `timeout()` when it
+   * takes over `timeoutMs` (counted from ready: a process that never gets ready is the
+   * heartbeat's to kill), or with the signal's reason.
    */
   async call<T>(fn: (remote: Comlink.Remote<ProcessApi>) => Promise<T>, timeoutMs: number, timeout: () => SluiceError, signal?: AbortSignal): Promise<T> {
     signal?.throwIfAborted();
     let timer: NodeJS.Timeout | undefined;
     let onAbort: (() => void) | undefined;
+    const aborted = new Promise<never>((_resolve, reject) => {
+      if (signal === undefined) return;
+      onAbort = () => reject(signal.reason);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+    const died = this.closed.then((): never => {
+      throw this.crashedError();
+    });
+    // Whichever loses the race must not surface as an unhandled rejection.
+    aborted.catch(() => undefined);
+    died.catch(() => undefined);
     try {
+      if (!(await Promise.race([this.whenReady(), died, aborted]))) throw this.crashedError();
       return await Promise.race([
-        (async () => {
-          if (!(await this.whenReady())) throw this.crashedError();
-          return fn(this.remote);
-        })(),
-        this.closed.then(() => {
-          throw this.crashedError();
-        }),
+        fn(this.remote),
+        died,
+        aborted,
         new Promise<never>((_resolve, reject) => {
           timer = setTimeout(() => reject(timeout()), timeoutMs);
-          if (signal !== undefined) {
-            onAbort = () => reject(signal.reason);
-            signal.addEventListener('abort', onAbort, { once: true });
-          }
         }),
       ]);
     } finally {
@@ -218,7 +244,7 @@ class ProcessSlot {
 
   kill(why?: 'unresponsive' | 'closed'): void {
     if (why !== undefined) this.killedFor ??= why;
-    if (this.gone) return;
+    if (this.gone || this.child.exitCode !== null || this.child.signalCode !== null) return;
     this.child.kill('SIGKILL');
   }
 
@@ -292,7 +318,6 @@ export class IsolatePool implements SandboxPool {
       reason: undefined,
     };
     this.#streams.set(rec.id, rec);
-    this.#ensureHeartbeat();
     const slot = this.#slotWithRoom();
     if (slot === undefined) this.#waiting.push(rec);
     else this.#place(rec, slot);
@@ -352,6 +377,7 @@ export class IsolatePool implements SandboxPool {
       (s) => this.#onProcessClose(s),
     );
     this.#slots[index] = slot;
+    this.#ensureHeartbeat();
     return slot;
   }
 
@@ -520,14 +546,21 @@ export class IsolatePool implements SandboxPool {
   }
 
   #ensureHeartbeat(): void {
-    if (this.#heartbeat !== undefined) return;
+    if (this.#heartbeat !== undefined || this.#closing) return;
     this.#heartbeat = setInterval(() => this.#beat(), this.#options.heartbeatMs);
     this.#heartbeat.unref();
   }
 
   #beat(): void {
+    const now = Date.now();
     for (const slot of this.#slots) {
-      if (slot === undefined || slot.gone || !slot.ready || slot.pingInFlight) continue;
+      if (slot === undefined || slot.gone) continue;
+      if (!slot.ready) {
+        // Hung before it could answer a ping (or stopped): same treatment.
+        if (now - slot.spawnedAt > this.#options.heartbeatTimeoutMs + STARTUP_ALLOWANCE_MS) slot.kill('unresponsive');
+        continue;
+      }
+      if (slot.pingInFlight) continue;
       slot.pingInFlight = true;
       slot
         .call(
