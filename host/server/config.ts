@@ -125,7 +125,8 @@ export function resolveServerConfig(config: ServerConfig): ResolvedServerConfig 
     batch: { ...(config.batch ?? d.batch) },
     fanout: { ...(config.fanout ?? d.fanout) },
     lingerMs: config.lingerMs ?? d.lingerMs,
-    maxCredit: config.maxCredit ?? d.maxCredit,
+    // Credit past the fan-out ring would let the fastest subscriber outrun what the ring keeps.
+    maxCredit: Math.min(config.maxCredit ?? d.maxCredit, config.fanout?.chunks ?? d.fanout.chunks),
     allowedOrigins: Object.freeze([...(config.allowedOrigins ?? d.allowedOrigins)]),
     shutdownTimeoutMs: config.shutdownTimeoutMs ?? d.shutdownTimeoutMs,
   };

@@ -30,6 +30,9 @@ export interface FanoutLimits {
   lingerMs: number;
 }
 
+/** Bytes one pull round may take, in batches: bounds what is pulled before sockets report congestion. */
+const ROUND_BATCHES = 4;
+
 interface Slot {
   json: string;
   /** Bytes pulled up to and including this chunk. */
@@ -136,8 +139,8 @@ export class Broadcast {
   #bytesBefore(seq: number): number {
     if (seq >= this.#nextSeq) return this.#pulledBytes;
     if (seq <= this.#baseSeq) {
-      const slot = this.#slot(this.#baseSeq);
-      return slot.cumEnd - slot.json.length;
+      const slot = this.#ring[this.#baseSeq % this.#ring.length];
+      return slot === undefined ? this.#pulledBytes : slot.cumEnd - slot.json.length;
     }
     return this.#slot(seq - 1).cumEnd;
   }
@@ -170,13 +173,17 @@ export class Broadcast {
   }
 
   async #pullLoop(): Promise<void> {
+    const { chunks: roundChunks, bytes: batchBytes } = this.#limits.batch;
     try {
       for (;;) {
-        const limit = this.#demandLimit();
+        // Pull at most one round (a batch's worth), then let the flush send it, so a socket
+        // crossing its high watermark is noticed before the next round is pulled.
+        const limit = Math.min(this.#demandLimit(), this.#nextSeq + roundChunks);
         if (limit <= this.#nextSeq) break;
-        while (this.#nextSeq < limit && this.#ended === undefined) {
+        const roundStart = this.#pulledBytes;
+        while (this.#nextSeq < limit && this.#pulledBytes - roundStart < ROUND_BATCHES * batchBytes) {
           const it = this.#it;
-          if (it === undefined) return;
+          if (it === undefined || this.#ended !== undefined) return;
           const r = await it.next();
           if (this.#it === undefined) return;
           if (r.done === true) {
@@ -185,7 +192,8 @@ export class Broadcast {
           }
           this.#push(r.value);
         }
-        if (this.#ended !== undefined) return;
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        if (this.#ended !== undefined || this.#it === undefined) return;
       }
     } catch (err) {
       this.#end(endFromThrown(err));
@@ -201,18 +209,20 @@ export class Broadcast {
       this.#baseSeq = this.#nextSeq = chunk.seq;
     }
     const json = encodeChunkJson(chunk.data);
-    this.#pulledBytes += json.length;
-    this.#ringBytes += json.length;
-    this.#ring[this.#nextSeq % this.#ring.length] = { json, cumEnd: this.#pulledBytes };
-    this.#nextSeq++;
+    const size = this.#ring.length;
     let evicted = false;
-    while (this.#nextSeq - this.#baseSeq > this.#ring.length || (this.#ringBytes > this.#limits.ring.bytes && this.#nextSeq - this.#baseSeq > 1)) {
-      const old = this.#baseSeq % this.#ring.length;
+    // Make room first: the new chunk's slot is the oldest chunk's when the ring is full.
+    while (this.#nextSeq - this.#baseSeq >= size || (this.#nextSeq > this.#baseSeq && this.#ringBytes + json.length > this.#limits.ring.bytes)) {
+      const old = this.#baseSeq % size;
       this.#ringBytes -= this.#ring[old]!.json.length;
       this.#ring[old] = undefined;
       this.#baseSeq++;
       evicted = true;
     }
+    this.#pulledBytes += json.length;
+    this.#ringBytes += json.length;
+    this.#ring[this.#nextSeq % size] = { json, cumEnd: this.#pulledBytes };
+    this.#nextSeq++;
     if (evicted) {
       for (const s of this.#subs) if (s.cursor < this.#baseSeq) s.slow();
     }

@@ -1,0 +1,123 @@
+/**
+ * End-to-end backpressure: a socket that stops reading pauses the plugin and host
+ * memory stays flat; fan-out of one stream to clients at different speeds.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { FakeHost, http, rawConnect, sleep, startTestServer, token, type RawClient } from './server-helpers.js';
+
+const MIB = 1024 * 1024;
+
+test('a client that stops reading its socket pauses a plugin that would produce forever; RSS stays flat', async (t) => {
+  const host = new FakeHost();
+  const server = await startTestServer(t, host, { fanout: { chunks: 1024, bytes: 64 * MIB }, maxCredit: 1024 });
+  const c = await rawConnect(t, server, { token: await token() });
+  // Plenty of credit: only the socket can stop the flow.
+  c.send({ type: 'start', sub: 1, plugin: 'counter', action: 'count', params: { size: 32 * 1024 }, credit: 1024 });
+  const started = await c.frame((f) => f.type === 'started');
+  (c.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+  const stream = host.streams.get(String(started.streamId))!;
+
+  // Let the kernel buffers and the high watermark fill, then watch for 2.5 s.
+  const settleDeadline = Date.now() + 5000;
+  let last = -1;
+  while (Date.now() < settleDeadline) {
+    await sleep(250);
+    if (stream.produced === last) break;
+    last = stream.produced;
+  }
+  const producedAtPause = stream.produced;
+  const rss: number[] = [];
+  for (let i = 0; i < 10; i++) {
+    rss.push(process.memoryUsage().rss);
+    await sleep(250);
+  }
+  assert.ok(producedAtPause < 1024, `the socket, not the credit, stopped the plugin: produced ${producedAtPause} of 1024 credited`);
+  assert.ok(stream.produced - producedAtPause <= 16, `plugin paused: produced ${producedAtPause} -> ${stream.produced}`);
+  const growth = Math.max(...rss) - rss[0]!;
+  assert.ok(growth < 32 * MIB, `RSS flat while paused: grew ${(growth / MIB).toFixed(1)} MiB`);
+  const metrics = await http(server, 'GET', '/metrics');
+  const pauses = /sluice_server_backpressure_pauses_total (\d+)/.exec(metrics.text);
+  assert.ok(pauses !== null && Number(pauses[1]) >= 1, 'a backpressure pause was counted');
+
+  // Resume reading: the stream flows again, contiguously.
+  (c.ws as unknown as { _socket: { resume(): void } })._socket.resume();
+  await c.waitFor((x) => x.seqs(1).length >= 1024 || undefined, 10_000, 'all credited chunks');
+  const seqs = c.seqs(1);
+  assert.deepEqual(seqs.slice(0, 1024), Array.from({ length: 1024 }, (_, i) => i));
+});
+
+/** Grant credit as chunks arrive, `perTick` every `everyMs` (a client reading at a fixed pace). */
+function paceReader(c: RawClient, sub: number, perTick: number, everyMs: number): () => void {
+  let granted = 0;
+  const timer = setInterval(() => {
+    const received = c.seqs(sub).length;
+    if (granted - received < perTick) {
+      c.send({ type: 'credit', sub, n: perTick });
+      granted += perTick;
+    }
+  }, everyMs);
+  return () => clearInterval(timer);
+}
+
+test('two clients on one stream at different speeds both get a contiguous sequence while the slow one stays within the fan-out ring', async (t) => {
+  const host = new FakeHost();
+  const server = await startTestServer(t, host);
+  const tok = await token({ streams: ['*'] });
+  const fast = await rawConnect(t, server, { token: tok });
+  fast.send({ type: 'start', sub: 1, plugin: 'counter', action: 'count', params: { n: 300 }, credit: 1000 });
+  const streamId = String((await fast.frame((f) => f.type === 'started')).streamId);
+  const slow = await rawConnect(t, server, { token: tok });
+  slow.send({ type: 'subscribe', sub: 9, streamId, fromSeq: 0, credit: 0 });
+  await slow.frame((f) => f.type === 'started');
+  const stop = paceReader(slow, 9, 20, 20);
+  t.after(stop);
+  await fast.frame((f) => f.type === 'end', 'fast end');
+  assert.deepEqual(fast.seqs(1), Array.from({ length: 300 }, (_, i) => i));
+  assert.ok(slow.seqs(9).length < 300, 'the slow reader is behind when the fast one finishes');
+  await slow.frame((f) => f.type === 'end', 'slow end', 10_000);
+  stop();
+  assert.deepEqual(slow.seqs(9), Array.from({ length: 300 }, (_, i) => i));
+});
+
+test('a subscriber that falls more than the ring behind the fastest gets ERR_SLOW_CONSUMER; the fast one is not slowed', async (t) => {
+  const host = new FakeHost();
+  const server = await startTestServer(t, host, { fanout: { chunks: 64, bytes: 8 * MIB } });
+  const tok = await token({ streams: ['*'] });
+  const fast = await rawConnect(t, server, { token: tok });
+  fast.send({ type: 'start', sub: 1, plugin: 'counter', action: 'count', params: {}, credit: 0 });
+  const streamId = String((await fast.frame((f) => f.type === 'started')).streamId);
+  const slow = await rawConnect(t, server, { token: tok });
+  slow.send({ type: 'subscribe', sub: 2, streamId, credit: 10 });
+  await slow.frame((f) => f.type === 'started');
+  const stopFast = paceReader(fast, 1, 64, 5);
+  t.after(stopFast);
+  const err = await slow.frame((f) => f.type === 'error' && f.sub === 2, 'slow consumer error', 10_000);
+  assert.equal(err.code, 'ERR_SLOW_CONSUMER');
+  assert.equal(err.fatal, true);
+  assert.deepEqual(slow.seqs(2), Array.from({ length: 10 }, (_, i) => i));
+  const before = fast.seqs(1).length;
+  await fast.waitFor((x) => x.seqs(1).length >= before + 500 || undefined, 10_000, 'fast keeps going');
+  stopFast();
+  const seqs = fast.seqs(1);
+  assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => i));
+  const stream = host.streams.get(streamId)!;
+  assert.ok(stream.produced <= seqs.length + 64 + 16 + 1, `producer bounded by the fastest reader: produced ${stream.produced}, fast got ${seqs.length}`);
+});
+
+test('a stream with no subscriber left is paused, then cancelled after lingerMs', async (t) => {
+  const host = new FakeHost();
+  const server = await startTestServer(t, host, { lingerMs: 300 });
+  const c = await rawConnect(t, server, { token: await token() });
+  c.send({ type: 'start', sub: 1, plugin: 'counter', action: 'count', params: {}, credit: 5 });
+  const streamId = String((await c.frame((f) => f.type === 'started')).streamId);
+  c.ws.close();
+  await c.closed();
+  const stream = host.streams.get(streamId)!;
+  const produced = stream.produced;
+  await sleep(100);
+  assert.equal(stream.produced, produced);
+  assert.equal(stream.status, 'running');
+  await sleep(500);
+  assert.equal(stream.status, 'cancelled');
+});
