@@ -110,10 +110,23 @@ const PLUGIN_ERROR_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
 
 class Outbox {
   private items: OutItem[] = [];
+  /** Index in `items` of each stream's latest item, to coalesce checkpoints. */
+  private latest = new Map<string, number>();
   private scheduled = false;
   constructor(private readonly send: (msg: ProcessToHost) => void) {}
 
   push(item: OutItem): void {
+    // Checkpoints need no credit, so a plugin can send them in a loop; only the newest
+    // one matters, so one replaces another with nothing of its stream in between.
+    if ('m' in item && item.m.type === 'checkpoint') {
+      const at = this.latest.get(item.s);
+      const prev = at === undefined ? undefined : this.items[at];
+      if (at !== undefined && prev !== undefined && 'm' in prev && prev.m.type === 'checkpoint') {
+        this.items[at] = item;
+        return;
+      }
+    }
+    this.latest.set(item.s, this.items.length);
     this.items.push(item);
     if (this.scheduled) return;
     this.scheduled = true;
@@ -125,6 +138,7 @@ class Outbox {
     if (this.items.length === 0) return;
     const items = this.items;
     this.items = [];
+    this.latest.clear();
     this.send({ t: 'out', items });
   }
 }

@@ -5,11 +5,12 @@
  * needs from that list and drives one stream with the shared `StreamDriver`.
  *
  * Wiring (see bundle.ts and process.ts): the script is
- * `(function (__sluiceBridge) { <bundle>; return dispatch })`. The supervising process
- * calls it with two ivm Callbacks (they arrive here as plain functions) and keeps the
- * returned `dispatch` as an ivm Reference on its own side. This module's top level runs
- * before the plugin's (ES import order) and moves the bridge into a closure, clearing
- * the parameter, so plugin code cannot name it. Nothing of ivm ever reaches a global.
+ * `(function (emit, wake) { var __sluiceBridge = { emit, wake }; <bundle>; return dispatch })`.
+ * The supervising process calls it with two ivm Callbacks (they arrive here as plain
+ * functions) and keeps the returned `dispatch` as an ivm Reference on its own side.
+ * This module's top level runs before the plugin's (ES import order) and moves the
+ * bridge into a closure, clearing the variable, so plugin code cannot name it. Nothing
+ * of ivm ever reaches a global.
  *
  * There is one stream per isolate, so the module-level state below is per stream; two
  * hosts in one process each get their own isolates.
