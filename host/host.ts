@@ -375,10 +375,9 @@ export class Sluice implements AsyncDisposable {
     const error = new SluiceError('ERR_HOST_CLOSED', 'Host closed while the stream was live');
     const results = [...this.#live.values()].map((s) => s.stop(error));
     const timeout = e.options.closeTimeoutMs ?? DEFAULTS.closeTimeoutMs;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([Promise.all(results), new Promise((r) => (timer = setTimeout(r, timeout)))]);
-    clearTimeout(timer);
-    await Promise.all(Object.values(e.pools).map((p) => p.close(timeout)));
+    await withTimeout(Promise.all(results), timeout).catch(() => undefined);
+    // A pool that does not close in time is destroyed: close() is bounded whatever a sandbox does.
+    await Promise.all(Object.values(e.pools).map((p) => withTimeout(p.close(timeout), timeout + POOL_CLOSE_SLACK_MS).catch(() => p.destroy())));
     this.#stopWatchdog();
   }
 
@@ -399,6 +398,16 @@ export class Sluice implements AsyncDisposable {
   [Symbol.asyncDispose](): Promise<void> {
     return this.close();
   }
+}
+
+const POOL_CLOSE_SLACK_MS = 1000;
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new SluiceError('ERR_HOST_CLOSED', `Timed out after ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
 function reasonText(reason: unknown): string {

@@ -79,8 +79,8 @@ export default async function runTask(task: DescribeTask | StreamTask): Promise<
     await driver.run();
   } catch (err) {
     send({ type: 'error', error: toWireError(err, false, 'ERR_PLUGIN_LOAD') });
-  } finally {
-    port.close();
   }
+  // No port.close() here: it can drop the final message still in flight. The host
+  // closes its end once that message has arrived.
   return null;
 }

@@ -52,7 +52,12 @@ interface Running {
   /** An end/error message arrived; the task settling is then not a failure. */
   ended: boolean;
   stopReason: SluiceError | undefined;
+  /** Fallback for a task that finished without its final message. */
+  finalTimer: NodeJS.Timeout | undefined;
 }
+
+/** How long a finished task's final message may lag behind the task's own result. */
+const FINAL_MESSAGE_GRACE_MS = 1000;
 
 export class WorkerPool implements SandboxPool {
   readonly kind = 'worker' as const;
@@ -126,15 +131,18 @@ export class WorkerPool implements SandboxPool {
     this.#assertOpen();
     const pool = this.#pool(spec.limits.memoryMb);
     const { port1, port2 } = new MessageChannel();
-    const run: Running = { port: port1, events, cpuMs: spec.limits.cpuMs, worker: undefined, eluStart: undefined, exited: false, ended: false, stopReason: undefined };
+    const run: Running = { port: port1, events, cpuMs: spec.limits.cpuMs, worker: undefined, eluStart: undefined, exited: false, ended: false, stopReason: undefined, finalTimer: undefined };
     this.#running.add(run);
 
     port1.on('message', (data: unknown) => this.#onMessage(run, pool, data));
-    port1.on('close', () => queueMicrotask(() => this.#exit(run, undefined)));
 
     const task: StreamTask = { kind: 'stream', modulePath: plugin.modulePath, spec, port: port2 };
     pool.run(task, { transferList: [port2] }).then(
-      () => this.#exit(run, undefined),
+      () => {
+        // Task results and port messages travel separately: the final message may still be on its way.
+        if (run.exited || run.ended) return;
+        run.finalTimer = setTimeout(() => this.#exit(run, run.stopReason ?? new SluiceError('ERR_PROTOCOL', 'Worker finished the stream without an end or error message')), FINAL_MESSAGE_GRACE_MS);
+      },
       (err: unknown) => this.#exit(run, this.#taskError(run, err)),
     );
 
@@ -163,8 +171,12 @@ export class WorkerPool implements SandboxPool {
       this.#terminate(run, err as SluiceError);
       return;
     }
-    if (msg.type === 'end' || msg.type === 'error') run.ended = true;
     run.events.message(msg);
+    // The final message is the stream's end; the thread is free a moment later.
+    if (msg.type === 'end' || msg.type === 'error') {
+      run.ended = true;
+      this.#exit(run, undefined);
+    }
   }
 
   #taskError(run: Running, err: unknown): SluiceError | undefined {
@@ -188,12 +200,8 @@ export class WorkerPool implements SandboxPool {
 
   #exit(run: Running, error: SluiceError | undefined): void {
     if (run.exited) return;
-    // The port closes when the task finishes: if no end/error arrived, the sandbox died.
-    if (error === undefined && !run.ended) {
-      if (run.stopReason !== undefined) error = run.stopReason;
-      else return; // wait for the task's settle, which says why
-    }
     run.exited = true;
+    clearTimeout(run.finalTimer);
     this.#running.delete(run);
     run.port.close();
     run.events.exit(error);

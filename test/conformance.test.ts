@@ -1,0 +1,218 @@
+/**
+ * The conformance suite: every behaviour of the plugin contract, run in each sandbox
+ * with the same plugin file (test/fixtures/plugins/conformance.ts).
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CONFORMANCE as P, collect, openHost, outcome, once, sleep } from './helpers.js';
+import type { SandboxKind } from '../sandbox/sdk.js';
+
+export const SANDBOXES: SandboxKind[] = ['worker'];
+
+for (const sandbox of SANDBOXES) {
+  describe(`conformance (${sandbox})`, () => {
+    const S = { sandbox } as const;
+
+    test('unary action: call returns its value; streamed it is one chunk', async (t) => {
+      const host = await openHost(t);
+      assert.deepEqual(await host.call(P, 'echo', { a: [1, 'x', null] }, S), { a: [1, 'x', null] });
+      const chunks = await collect(host.stream(P, 'echo', { b: true }, S));
+      assert.deepEqual(chunks, [{ seq: 0, data: { b: true } }]);
+    });
+
+    test('streaming action: chunks in order with contiguous seq; call collects them', async (t) => {
+      const host = await openHost(t);
+      const chunks = await collect(host.stream(P, 'count', { to: 2000 }, S));
+      assert.equal(chunks.length, 2000);
+      chunks.forEach((c, i) => assert.deepEqual(c, { seq: i, data: { i } }));
+      assert.deepEqual(await host.call(P, 'count', { to: 3 }, S), [{ i: 0 }, { i: 1 }, { i: 2 }]);
+      assert.deepEqual(await host.call(P, 'syncCount', { to: 3 }, S), [0, 1, 2]);
+    });
+
+    test('Uint8Array chunks arrive as bytes', async (t) => {
+      const host = await openHost(t);
+      const chunks = await collect(host.stream(P, 'bytes', { count: 3, size: 4096 }, S));
+      assert.equal(chunks.length, 3);
+      for (const [i, c] of chunks.entries()) {
+        assert.ok(c.data instanceof Uint8Array);
+        assert.equal(c.data.byteLength, 4096);
+        assert.equal(c.data[0], i);
+      }
+    });
+
+    test('progress reaches the stream', async (t) => {
+      const host = await openHost(t);
+      const stream = host.stream(P, 'count', { to: 10 }, S);
+      const seen: number[] = [];
+      stream.on('progress', (p) => seen.push(p.fraction));
+      await collect(stream);
+      assert.ok(seen.length >= 1);
+      assert.ok(seen.every((f) => f >= 0 && f <= 1));
+      assert.equal(stream.progress?.message, 'item 9');
+    });
+
+    test('backpressure: a consumer that reads 10 chunks and pauses leaves the plugin at most one window ahead', async (t) => {
+      const host = await openHost(t);
+      const window = { chunks: 16, bytes: 1 << 20 };
+      const stream = host.stream(P, 'forever', {}, { ...S, window });
+      const it = stream[Symbol.asyncIterator]();
+      for (let i = 0; i < 10; i++) assert.equal((await it.next()).value?.seq, i);
+      await sleep(300); // a paused consumer: the plugin must stop, not run on
+      const result = await stream.cancel();
+      assert.equal(result.status, 'cancelled');
+      assert.ok(result.chunks <= 10 + window.chunks, `plugin produced ${result.chunks} chunks for 10 consumed with a window of ${window.chunks}`);
+      assert.ok(result.chunks >= 10);
+    });
+
+    test('cooperative cancel aborts ctx.signal and runs the plugin finally', async (t) => {
+      const host = await openHost(t, { cancelGraceMs: 10_000 });
+      const stream = host.stream(P, 'slow', { ms: 20 }, S);
+      const finallyRan = once(stream, 'log', (l: { message: string }) => l.message === 'finally ran');
+      const it = stream[Symbol.asyncIterator]();
+      await it.next();
+      const started = performance.now();
+      const result = await stream.cancel('enough');
+      assert.equal(result.status, 'cancelled');
+      assert.equal(result.error?.code, 'ERR_CANCELLED');
+      await finallyRan;
+      assert.ok(performance.now() - started < 5_000, 'cancel finished cooperatively, well before the 10 s grace period');
+      await assert.rejects(it.next(), { code: 'ERR_CANCELLED' });
+    });
+
+    test('hard cancel stops a plugin that ignores its signal, and one spinning in finally', async (t) => {
+      const host = await openHost(t, { cancelGraceMs: 200 });
+      for (const action of ['hang', 'stuckFinally']) {
+        const stream = host.stream(P, action, {}, S);
+        const it = stream[Symbol.asyncIterator]();
+        await it.next();
+        const result = await stream.cancel();
+        assert.equal(result.status, 'cancelled', action);
+      }
+      assert.deepEqual(await host.call(P, 'echo', 1, S), 1, 'the host still runs streams');
+    });
+
+    test('an aborted signal cancels a running and a queued stream', async (t) => {
+      const host = await openHost(t);
+      const ac = new AbortController();
+      const stream = host.stream(P, 'slow', { ms: 10 }, { ...S, signal: ac.signal });
+      const it = stream[Symbol.asyncIterator]();
+      await it.next();
+      ac.abort(new Error('user left'));
+      assert.equal((await stream.result).status, 'cancelled');
+      const pre = new AbortController();
+      pre.abort();
+      assert.equal((await host.stream(P, 'count', { to: 1 }, { ...S, signal: pre.signal }).result).status, 'cancelled');
+    });
+
+    describe('limits', () => {
+      const cases = [
+        { name: 'cpuMs', action: 'spin', params: {}, limits: { cpuMs: 300 }, code: 'ERR_LIMIT_CPU', budget: 300 },
+        { name: 'wallMs', action: 'slow', params: { ms: 20 }, limits: { wallMs: 300 }, code: 'ERR_LIMIT_WALL', budget: 300 },
+        { name: 'idleMs', action: 'idle', params: {}, limits: { idleMs: 300 }, code: 'ERR_LIMIT_IDLE', budget: 300 },
+        { name: 'memoryMb', action: 'hog', params: {}, limits: { memoryMb: 32 }, code: 'ERR_LIMIT_MEMORY', budget: 0 },
+        { name: 'maxChunkBytes', action: 'count', params: { to: 5, size: 5000 }, limits: { maxChunkBytes: 1000 }, code: 'ERR_LIMIT_CHUNK_BYTES', budget: 0 },
+      ];
+      for (const c of cases) {
+        test(`${c.name} ends the stream with ${c.code}${c.budget > 0 ? ' within the limit + 250 ms' : ''}`, async (t) => {
+          const host = await openHost(t, { cancelGraceMs: 200 });
+          const started = performance.now();
+          const { error } = await outcome(host.stream(P, c.action, c.params, { ...S, limits: c.limits }));
+          const elapsed = performance.now() - started;
+          assert.equal(error?.code, c.code, error?.message);
+          // Startup (bundle, thread) is included in `elapsed`, so allow it on top of the 250 ms.
+          if (c.budget > 0) assert.ok(elapsed < c.budget + 250 + 500, `ended after ${Math.round(elapsed)} ms`);
+          assert.deepEqual(await host.call(P, 'echo', 'alive', S), 'alive', 'other streams unaffected');
+        });
+      }
+
+      test('maxChunks delivers exactly the allowed chunks, then ERR_LIMIT_CHUNKS', async (t) => {
+        const host = await openHost(t);
+        const { chunks, error } = await outcome(host.stream(P, 'count', { to: 1000 }, { ...S, limits: { maxChunks: 10 } }));
+        assert.equal(error?.code, 'ERR_LIMIT_CHUNKS');
+        assert.deepEqual(chunks.map((c) => c.seq), [...Array(10).keys()]);
+      });
+
+      test('maxBytes never lets more than the limit through', async (t) => {
+        const host = await openHost(t);
+        const { chunks, error } = await outcome(host.stream(P, 'count', { to: 1000, size: 1000 }, { ...S, limits: { maxBytes: 20_000 } }));
+        assert.equal(error?.code, 'ERR_LIMIT_BYTES');
+        assert.ok(chunks.length * 1000 <= 20_000, `${chunks.length} chunks of ~1000 bytes passed`);
+      });
+
+      test('a paused consumer is not idle: idleMs counts only while the plugin may produce', async (t) => {
+        const host = await openHost(t);
+        const stream = host.stream(P, 'forever', {}, { ...S, window: { chunks: 4, bytes: 1 << 20 }, limits: { idleMs: 150 } });
+        const it = stream[Symbol.asyncIterator]();
+        await it.next();
+        await sleep(500);
+        const next = await it.next();
+        assert.equal(next.value?.seq, 1);
+        await stream.cancel();
+      });
+    });
+
+    describe('bad output and bad input', () => {
+      for (const kind of ['function', 'symbol', 'bigint', 'cycle', 'deep', 'date']) {
+        test(`a ${kind} chunk is ERR_CHUNK_INVALID after the valid chunk before it`, async (t) => {
+          const host = await openHost(t);
+          const { chunks, error } = await outcome(host.stream(P, 'bad', { kind }, S));
+          assert.equal(error?.code, 'ERR_CHUNK_INVALID', error?.message);
+          assert.deepEqual(chunks.map((c) => c.data), ['ok']);
+        });
+      }
+
+      test('a chunk is read once: a getter that changes its answer cannot smuggle a function', async (t) => {
+        const host = await openHost(t);
+        assert.deepEqual(await host.call(P, 'bad', { kind: 'getter' }, S), ['ok', { v: 1 }]);
+      });
+
+      test('a plugin that throws a non-Error ends with ERR_PLUGIN_THREW after its chunks', async (t) => {
+        const host = await openHost(t);
+        const { chunks, error } = await outcome(host.stream(P, 'throwNonError', { after: 3 }, S));
+        assert.equal(error?.code, 'ERR_PLUGIN_THREW');
+        assert.equal(error?.message, '42');
+        assert.equal(chunks.length, 3);
+        await assert.rejects(host.call(P, 'fail', {}, S), { code: 'ERR_PLUGIN_THREW', message: 'boom' });
+      });
+
+      test('bad params: schema, plugin ParamsError and non-JSON params are ERR_PARAMS_INVALID', async (t) => {
+        const host = await openHost(t);
+        await assert.rejects(host.call(P, 'count', { to: 'ten' }, S), { code: 'ERR_PARAMS_INVALID' });
+        await assert.rejects(host.call(P, 'count', {}, S), { code: 'ERR_PARAMS_INVALID' });
+        await assert.rejects(host.call(P, 'needsParams', { n: 'x' }, S), { code: 'ERR_PARAMS_INVALID' });
+        assert.equal(await host.call(P, 'needsParams', { n: 21 }, S), 42);
+        await assert.rejects(host.call(P, 'echo', { f: () => 1 }, S), { code: 'ERR_PARAMS_INVALID' });
+      });
+
+      test('unknown action and plugin are coded errors', async (t) => {
+        const host = await openHost(t);
+        await assert.rejects(host.call(P, 'nope', {}, S), { code: 'ERR_ACTION_NOT_FOUND' });
+        await assert.rejects(host.call('no-such-plugin', 'x', {}, S), { code: 'ERR_PLUGIN_NOT_FOUND' });
+        await assert.rejects(host.call('/no/such/file.ts', 'x', {}, S), { code: 'ERR_PLUGIN_NOT_FOUND' });
+      });
+    });
+
+    test('containment: a failing stream does not disturb a concurrent one', async (t) => {
+      const host = await openHost(t, { cancelGraceMs: 100 });
+      const good = collect(host.stream(P, 'count', { to: 5000 }, S));
+      const bad = outcome(host.stream(P, 'spin', {}, { ...S, limits: { cpuMs: 100 } }));
+      const [chunks, failed] = await Promise.all([good, bad]);
+      assert.equal(failed.error?.code, 'ERR_LIMIT_CPU');
+      assert.equal(chunks.length, 5000);
+      assert.ok(chunks.every((c, i) => c.seq === i));
+    });
+
+    test('host close with streams in flight ends them with ERR_HOST_CLOSED and stops the sandboxes', async (t) => {
+      const host = await openHost(t, { cancelGraceMs: 200, closeTimeoutMs: 2000 });
+      const streams = [host.stream(P, 'forever', {}, S), host.stream(P, 'hang', {}, S), host.stream(P, 'slow', { ms: 5 }, S)];
+      const reads = streams.map((s) => outcome(s));
+      await sleep(100);
+      const started = performance.now();
+      await host.close();
+      assert.ok(performance.now() - started < 4000);
+      for (const r of await Promise.all(reads)) assert.equal(r.error?.code, 'ERR_HOST_CLOSED');
+      assert.throws(() => host.stream(P, 'echo', 1, S), { code: 'ERR_HOST_CLOSED' });
+      await host.close(); // idempotent
+    });
+  });
+}

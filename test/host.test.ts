@@ -1,0 +1,109 @@
+/** Host behaviour independent of the sandbox: admission, the queue, options, iteration rules. */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { CONFORMANCE as P, collect, fixture, openHost, outcome, sleep } from './helpers.js';
+import { Sluice } from '../host/index.js';
+
+const W = { sandbox: 'worker' } as const;
+
+test('streams beyond the concurrency wait in a priority queue; a full queue is ERR_QUEUE_FULL', async (t) => {
+  const host = await openHost(t, { workers: { maxThreads: 1, minThreads: 1 }, maxQueued: 2, cancelGraceMs: 100 });
+  const blocker = host.stream(P, 'hang', {}, W);
+  const it = blocker[Symbol.asyncIterator]();
+  await it.next();
+  const order: string[] = [];
+  const low = host.stream(P, 'echo', 'low', { ...W, priority: 'low' });
+  const high = host.stream(P, 'echo', 'high', { ...W, priority: 'high' });
+  await sleep(50);
+  assert.equal(low.status, 'queued');
+  const full = await outcome(host.stream(P, 'echo', 'third', W));
+  assert.equal(full.error?.code, 'ERR_QUEUE_FULL');
+  const done = Promise.all([collect(low).then(() => order.push('low')), collect(high).then(() => order.push('high'))]);
+  await blocker.cancel();
+  await done;
+  assert.deepEqual(order, ['high', 'low']);
+});
+
+test('a queued stream can be cancelled and never runs', async (t) => {
+  const host = await openHost(t, { workers: { maxThreads: 1, minThreads: 1 }, cancelGraceMs: 100 });
+  const blocker = host.stream(P, 'hang', {}, W);
+  await blocker[Symbol.asyncIterator]().next();
+  const queued = host.stream(P, 'count', { to: 3 }, W);
+  await sleep(20);
+  assert.equal(queued.status, 'queued');
+  const result = await queued.cancel();
+  assert.equal(result.status, 'cancelled');
+  assert.equal(result.chunks, 0);
+  await blocker.cancel();
+});
+
+test('a stream somebody reads is admitted before one nobody consumes yet', async (t) => {
+  const host = await openHost(t, { workers: { maxThreads: 1, minThreads: 1 }, cancelGraceMs: 100 });
+  const blocker = host.stream(P, 'hang', {}, W);
+  await blocker[Symbol.asyncIterator]().next();
+  const unread = host.stream(P, 'echo', 'unread', W);
+  const read = host.stream(P, 'echo', 'read', W);
+  await sleep(20);
+  const reading = collect(read);
+  await sleep(20);
+  await blocker.cancel();
+  await reading;
+  // `read` was admitted first even though `unread` was submitted before it.
+  const first = await Promise.race([read.result.then(() => 'read'), unread.result.then(() => 'unread')]);
+  assert.equal(first, 'read');
+  await collect(unread);
+});
+
+test('a stream can be iterated only once', async (t) => {
+  const host = await openHost(t);
+  const stream = host.stream(P, 'count', { to: 2 }, W);
+  stream[Symbol.asyncIterator]();
+  assert.throws(() => stream[Symbol.asyncIterator](), { code: 'ERR_STREAM_CONSUMED' });
+  await stream.cancel();
+});
+
+test('breaking out of for-await cancels the plugin', async (t) => {
+  const host = await openHost(t);
+  const stream = host.stream(P, 'forever', {}, W);
+  for await (const c of stream) if (c.seq === 5) break;
+  assert.equal((await stream.result).status, 'cancelled');
+});
+
+test('options are validated with messages that name the option and the value', async (t) => {
+  const host = await openHost(t);
+  assert.throws(() => host.stream(P, 'count', {}, { window: { chunks: 0 } }), { code: 'ERR_INVALID_ARGUMENT', message: /`options.window.chunks`.*got 0 \(number\)/ });
+  assert.throws(() => host.stream(P, 'count', {}, { limits: { cpuMs: -1 } }), { code: 'ERR_INVALID_ARGUMENT', message: /options.limits.cpuMs/ });
+  assert.throws(() => host.stream(P, 'count', {}, { limits: { cpu: 1 } as never }), { code: 'ERR_INVALID_ARGUMENT', message: /options.limits.cpu/ });
+  assert.throws(() => host.stream(P, 'count', {}, { sandbox: 'docker' as never }), { code: 'ERR_INVALID_ARGUMENT' });
+  assert.throws(() => host.stream('', 'count'), { code: 'ERR_INVALID_ARGUMENT' });
+  await assert.rejects(Sluice.open({ maxQueued: -1 }), { code: 'ERR_INVALID_ARGUMENT' });
+});
+
+test('plugins folder: good plugins are listed, bad manifests are reported with coded errors', async (t) => {
+  const host = await openHost(t, { plugins: fixture('plugin-dirs/mixed'), isolates: false });
+  assert.deepEqual(host.plugins().map((p) => p.name).sort(), ['folder-plugin', 'good']);
+  const problems = Object.fromEntries(host.pluginProblems().map((p) => [p.path.split('/').pop(), p.error.code]));
+  assert.deepEqual(problems, {
+    'bad-json': 'ERR_MANIFEST_INVALID',
+    'bad-limits': 'ERR_MANIFEST_INVALID',
+    'bad-sandbox': 'ERR_MANIFEST_INVALID',
+    'bad-schema': 'ERR_MANIFEST_INVALID',
+    'bad-version.ts': 'ERR_MANIFEST_INVALID',
+    'no-actions.ts': 'ERR_PLUGIN_LOAD',
+    'syntax-error.ts': 'ERR_PLUGIN_LOAD',
+  });
+  assert.equal(await host.call('good', 'hello', { name: 'x' }), 'hello x');
+  assert.equal(await host.call('folder-plugin', 'ping', {}), 'pong');
+  await assert.rejects(host.call('bad-version', 'x', {}), { code: 'ERR_MANIFEST_INVALID' });
+  await assert.rejects(Sluice.open({ plugins: fixture('plugin-dirs/mixed'), isolates: false, strictPlugins: true, logger: false }), { code: /ERR_(MANIFEST_INVALID|PLUGIN_LOAD)/ });
+});
+
+test('metrics count streams and chunks in the host registry', async (t) => {
+  const host = await openHost(t);
+  const stream = host.stream(P, 'count', { to: 50 }, W);
+  await collect(stream);
+  await stream.result; // counted when the sandbox is done, just after the last chunk
+  const text = await host.metricsRegistry.metrics();
+  assert.match(text, /sluice_chunks_total 50/);
+  assert.match(text, /sluice_streams_ended_total\{status="done",code=""\} 1/);
+});
