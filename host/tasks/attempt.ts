@@ -150,18 +150,25 @@ export async function runStreamAttempt(host: TaskHost, spec: Exclude<TaskSpec, P
 
 /**
  * Run one attempt of a pipeline task. Items get seqs by position, so a retry (which
- * restarts the pipeline) skips the ones already delivered. The pipeline's plugin
- * streams are the host's; bytes are not known here and stay 0.
+ * restarts the pipeline) skips the ones already delivered. Bytes are those its plugin
+ * streams produced.
  */
 export async function runPipelineAttempt(host: TaskHost, spec: PipelineTaskSpec, plan: AttemptPlan, hooks: AttemptHooks): Promise<AttemptOutcome> {
   const { signal } = plan;
   let seq = 0;
+  // Returning the pipeline cancels its plugin streams without waiting for them to exit;
+  // the attempt does wait, so no stream outlives the task.
+  const opened: SluiceStream[] = [];
   try {
     signal.throwIfAborted();
     const out = buildPipeline(
       spec.pipeline,
       {
-        stream: (plugin, action, params, input) => host.stream(plugin, action, params, streamOptions(spec, input === undefined ? {} : ({ input } as Partial<StreamOptions>))),
+        stream: (plugin, action, params, input) => {
+          const stream = host.stream(plugin, action, params, streamOptions(spec, input === undefined ? {} : ({ input } as Partial<StreamOptions>)));
+          opened.push(stream);
+          return stream;
+        },
       },
       { signal },
     );
@@ -170,10 +177,17 @@ export async function runPipelineAttempt(host: TaskHost, spec: PipelineTaskSpec,
       if (seq >= hooks.nextSeq()) await deliver(hooks, { seq, data });
       seq++;
     }
-    return { status: 'done', chunks: seq, bytes: 0 };
+    return { status: 'done', chunks: seq, bytes: await exited(opened) };
   } catch (err) {
-    if (signal.aborted) return { status: 'cancelled', error: reasonOf(signal), chunks: seq, bytes: 0 };
+    const bytes = await exited(opened);
+    if (signal.aborted) return { status: 'cancelled', error: reasonOf(signal), chunks: seq, bytes };
     const error = err instanceof SinkError ? err.error : asSluiceError(err);
-    return { status: error.code === 'ERR_CANCELLED' ? 'cancelled' : 'failed', error, chunks: seq, bytes: 0 };
+    return { status: error.code === 'ERR_CANCELLED' ? 'cancelled' : 'failed', error, chunks: seq, bytes };
   }
+}
+
+/** Wait for the streams to exit (each is bounded by the host's cancel grace); their bytes. */
+async function exited(streams: readonly SluiceStream[]): Promise<number> {
+  const results = await Promise.all(streams.map((s) => s.result));
+  return results.reduce((sum, r) => sum + r.bytes, 0);
 }

@@ -125,7 +125,8 @@ const COLLECT_KEYS = new Set(['maxChunks', 'maxBytes']);
 
 function assertKnownKeys(value: Obj, allowed: Set<string>, field: string): void {
   for (const key of Object.keys(value)) {
-    if (!allowed.has(key)) {
+    // An undefined value is an absent field (as in JSON), not a typo.
+    if (!allowed.has(key) && value[key] !== undefined) {
       throw new SluiceError(CODE, `Unknown field \`${field}.${key}\` (allowed: ${[...allowed].join(', ')})`, { details: { field: `${field}.${key}` } });
     }
   }
