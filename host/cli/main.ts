@@ -1,0 +1,41 @@
+/**
+ * The `sluice` command line. Each command lives in its own module and registers
+ * itself; this file only assembles them and turns commander's usage errors into
+ * coded ones (ERR_CLI_USAGE, exit status 2).
+ */
+import { Command, CommanderError } from 'commander';
+import { createRequire } from 'node:module';
+import { EXIT, reportError, usageError } from './common.js';
+import { register as registerRun } from './run.js';
+import { register as registerPlugins } from './plugins.js';
+
+const pkg = createRequire(import.meta.url)('../../../package.json') as { version: string };
+
+export function buildProgram(): Command {
+  const program = new Command('sluice')
+    .description('Run sandboxed plugins and stream their output')
+    .version(pkg.version)
+    .exitOverride()
+    .configureOutput({ writeErr: () => undefined })
+    .showHelpAfterError(false);
+  registerRun(program);
+  registerPlugins(program);
+  return program;
+}
+
+export async function main(argv: string[] = process.argv): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version are commander "errors" with exit code 0.
+      if (err.exitCode === 0) return;
+      const json = argv.includes('--json');
+      reportError(usageError(err.message.replace(/^error: /, '')), json);
+      process.exitCode = EXIT.usage;
+      return;
+    }
+    process.exitCode = reportError(err, argv.includes('--json'));
+  }
+}
