@@ -128,13 +128,21 @@ class Outbox {
     }
     this.latest.set(item.s, this.items.length);
     this.items.push(item);
+    // A batch is what the host is waiting for (it cannot grant credit before it has it):
+    // send it now, with whatever small messages queued before it.
+    if ('m' in item && item.m.type === 'batch') {
+      this.flush();
+      return;
+    }
     if (this.scheduled) return;
     this.scheduled = true;
-    setImmediate(() => this.flush());
+    setImmediate(() => {
+      this.scheduled = false;
+      this.flush();
+    });
   }
 
   flush(): void {
-    this.scheduled = false;
     if (this.items.length === 0) return;
     const items = this.items;
     this.items = [];
