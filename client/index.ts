@@ -359,6 +359,7 @@ export class SluiceClient {
         else protocols = [WS_SUBPROTOCOL, `${WS_TOKEN_SUBPROTOCOL_PREFIX}${token}`];
       }
       let settled = false;
+      let opened = false;
       let ws: WebSocketLike;
       try {
         ws = new this.#WebSocket(url, protocols);
@@ -369,6 +370,7 @@ export class SluiceClient {
       this.#ws = ws;
       ws.onopen = () => {
         settled = true;
+        opened = true;
         this.#attempt = 0;
         this.#resubscribe();
         resolve();
@@ -385,9 +387,9 @@ export class SluiceClient {
         if (!settled) {
           settled = true;
           reject(connectError(ev));
-          return;
         }
-        this.#onClose(ev.code, ev.reason);
+        // A socket that never opened is this attempt failing: open()'s caller decides what next.
+        if (opened) this.#onClose(ev.code, ev.reason);
       };
     });
   }

@@ -37,8 +37,12 @@ export const SERVER_DEFAULTS = Object.freeze({
   fanout: Object.freeze({ chunks: 1024, bytes: 8 * MIB }),
   /** A non-durable stream with no subscriber for this long is cancelled. */
   lingerMs: 30_000,
-  /** Outstanding credit a client may hold per subscription (grants beyond are clamped). */
-  maxCredit: 1024,
+  /**
+   * Outstanding credit a client may hold per subscription (grants beyond are clamped).
+   * Credit only permits sending; what is in flight is bounded by the socket watermarks
+   * and the fan-out ring, not by this.
+   */
+  maxCredit: 1 << 20,
   /** Browser `Origin`s allowed to open a socket or call the API; requests without `Origin` are allowed. */
   allowedOrigins: Object.freeze([] as string[]),
   /** Graceful close bound: sockets and host.close() get this long. */
@@ -125,8 +129,7 @@ export function resolveServerConfig(config: ServerConfig): ResolvedServerConfig 
     batch: { ...(config.batch ?? d.batch) },
     fanout: { ...(config.fanout ?? d.fanout) },
     lingerMs: config.lingerMs ?? d.lingerMs,
-    // Credit past the fan-out ring would let the fastest subscriber outrun what the ring keeps.
-    maxCredit: Math.min(config.maxCredit ?? d.maxCredit, config.fanout?.chunks ?? d.fanout.chunks),
+    maxCredit: config.maxCredit ?? d.maxCredit,
     allowedOrigins: Object.freeze([...(config.allowedOrigins ?? d.allowedOrigins)]),
     shutdownTimeoutMs: config.shutdownTimeoutMs ?? d.shutdownTimeoutMs,
   };

@@ -156,7 +156,8 @@ export class Broadcast {
     const maxUnsent = this.#limits.ring.bytes / 2;
     for (const s of this.#subs) {
       if (!s.outlet.writable || s.credit === 0) continue;
-      const want = s.cursor + s.credit;
+      // Never pull further ahead of a subscriber than the ring keeps, whatever its credit.
+      const want = s.cursor + Math.min(s.credit, this.#ring.length);
       if (want <= limit) continue;
       if (this.#pulledBytes - this.#bytesBefore(s.cursor) >= maxUnsent) continue;
       limit = want;
