@@ -5,10 +5,12 @@
  * double is the only way to see the behaviour (durable resume: the host has no
  * `resume` yet).
  */
+import { execFile, spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import assert from 'node:assert/strict';
 import { test, type TestContext } from 'node:test';
@@ -20,7 +22,8 @@ import type { TaskHost } from '../host/tasks/attempt.js';
 import { parseTaskGraph, DEFAULT_RETRY, type RetryPolicy } from '../host/tasks/spec.js';
 import { backoffDelay, shouldRetry } from '../host/tasks/retry.js';
 import { findCycle } from '../host/tasks/graph.js';
-import type { GraphInfo, TaskStatusEvent } from '../host/tasks/state.js';
+import type { GraphInfo, TaskInfo, TaskStatusEvent } from '../host/tasks/state.js';
+import { GraphFiles } from '../host/tasks/files.js';
 
 const fixture = (path: string): string => fileURLToPath(new URL(`../../test/fixtures/${path}`, import.meta.url));
 const CONF = fixture('plugins/conformance.ts');
@@ -652,4 +655,141 @@ test('without durability a retry restarts instead of resuming', async () => {
   const { info } = await run(host, { tasks: [{ id: 's', kind: 'stream', plugin: 'x', action: 'y', retry: { max: 1, backoffMs: 0 } }] });
   assert.equal(info.tasks[0]!.status, 'done');
   assert.deepEqual(calls, ['stream', 'stream']);
+});
+
+// ---- the CLI (`sluice tasks ...`), in child processes ---------------------------------------
+
+const CLI = fixture('tasks/cli.mjs');
+
+interface CliResult {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function cli(args: string[], timeoutMs = DEADLINE_MS): Promise<CliResult> {
+  return new Promise((resolve, reject) => {
+    execFile(process.execPath, ['--no-node-snapshot', CLI, 'tasks', ...args], { timeout: timeoutMs }, (err, stdout, stderr) => {
+      if (err !== null && typeof err.code !== 'number') reject(err);
+      else resolve({ code: err === null ? 0 : (err.code as number), stdout, stderr });
+    });
+  });
+}
+
+function ndjson(text: string): Record<string, unknown>[] {
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+}
+
+async function dataDir(t: TestContext): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'sluice-tasks-cli-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+test('cli: submit runs a graph, prints NDJSON status changes, keeps a state file; ls and show read it', async (t) => {
+  const data = await dataDir(t);
+  const run1 = await cli(['submit', fixture('tasks/diamond.json'), '--json', '--no-isolates', '--data', data]);
+  assert.equal(run1.code, 0, run1.stderr);
+  const lines = ndjson(run1.stdout);
+  assert.equal(lines[0]!.type, 'graph');
+  const id = lines[0]!.id as string;
+  const end = lines[lines.length - 1]!;
+  assert.equal(end.type, 'end');
+  assert.equal((end.graph as GraphInfo).status, 'done');
+  const statuses = lines.filter((l) => l.type === 'status');
+  assert.ok(statuses.findIndex((l) => l.task === 'd' && l.status === 'running') > statuses.findIndex((l) => l.task === 'b' && l.status === 'done'));
+
+  const ls = await cli(['ls', '--json', '--data', data]);
+  assert.equal(ls.code, 0, ls.stderr);
+  const listed = ndjson(ls.stdout);
+  assert.deepEqual(listed.map((g) => [g.id, g.status, g.alive]), [[id, 'done', true]]);
+  const show = await cli(['show', id, 'c', '--json', '--data', data]);
+  assert.equal(show.code, 0, show.stderr);
+  const c = JSON.parse(show.stdout) as TaskInfo;
+  assert.equal(c.status, 'done');
+  assert.equal(c.chunks, 5);
+  assert.equal(c.attempts.length, 1);
+  const human = await cli(['show', id, '--data', data]);
+  assert.match(human.stdout, new RegExp(`graph ${id} done: 4 done`));
+});
+
+test('cli: a failing task makes submit exit 1; bad files are coded errors and run nothing', async (t) => {
+  const data = await dataDir(t);
+  const failed = await cli(['submit', fixture('tasks/failing.json'), '--json', '--no-isolates', '--data', data]);
+  assert.equal(failed.code, 1);
+  const end = ndjson(failed.stdout).pop()!;
+  const tasks = (end.graph as GraphInfo).tasks;
+  assert.deepEqual(tasks.map((x) => [x.id, x.status, x.error?.code]), [['bad', 'failed', 'ERR_PLUGIN_THREW'], ['after', 'failed', 'ERR_DEPENDENCY_FAILED']]);
+
+  const empty = await dataDir(t);
+  const bad = await cli(['submit', fixture('tasks/bad-field.json'), '--no-isolates', '--data', empty]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /ERR_TASK_INVALID: .*`tasks\.b\.retry\.max`/);
+  const cycle = await cli(['submit', fixture('tasks/cycle.json'), '--json', '--no-isolates', '--data', empty]);
+  assert.equal(cycle.code, 1);
+  assert.deepEqual(ndjson(cycle.stdout), [{ error: { code: 'ERR_TASK_CYCLE', message: 'Task dependencies form a cycle: a -> c -> b -> a' } }]);
+  const missing = await cli(['submit', join(empty, 'nope.json'), '--data', empty]);
+  assert.equal(missing.code, 2, 'an unreadable file is a usage error');
+  const ls = await cli(['ls', '--json', '--data', empty]);
+  assert.equal(ls.stdout, '', 'nothing ran, nothing was recorded');
+});
+
+test('cli: cancel from another process cancels a running task and its dependents', async (t) => {
+  const data = await dataDir(t);
+  const child = spawn(process.execPath, ['--no-node-snapshot', CLI, 'tasks', 'submit', fixture('tasks/endless.json'), '--json', '--no-isolates', '--data', data], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const killer = setTimeout(() => child.kill('SIGKILL'), DEADLINE_MS);
+  t.after(() => {
+    clearTimeout(killer);
+    child.kill('SIGKILL');
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  const lines: Record<string, unknown>[] = [];
+  const feedRunning = new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on('line', (line) => {
+      const msg = JSON.parse(line) as Record<string, unknown>;
+      lines.push(msg);
+      if (msg.type === 'status' && msg.task === 'feed' && msg.status === 'running') resolve(msg.graph as string);
+    });
+    void exited.then((code) => reject(new Error(`submit exited (${code}) before feed ran`)));
+  });
+  const id = await within(feedRunning, DEADLINE_MS, 'feed running');
+  // Running graphs show up in ls while they run.
+  const ls = ndjson((await cli(['ls', '--json', '--data', data])).stdout);
+  assert.deepEqual(ls.map((g) => [g.id, g.status]), [[id, 'running']]);
+
+  const cancel = await cli(['cancel', id, 'feed', '--reason', 'enough', '--data', data]);
+  assert.equal(cancel.code, 0, cancel.stderr);
+  assert.equal(cancel.stdout.trim(), 'feed: cancelled');
+  assert.equal(await within(exited, DEADLINE_MS, 'submit exit'), 1, 'a cancelled graph is not a success');
+  const end = lines.pop()!;
+  const byId = Object.fromEntries((end.graph as GraphInfo).tasks.map((x) => [x.id, x]));
+  assert.equal(byId.feed!.status, 'cancelled');
+  assert.match(byId.feed!.error!.message, /enough/);
+  assert.equal(byId.after!.status, 'cancelled');
+  assert.equal(byId.quick!.status, 'done');
+  const shown = JSON.parse((await cli(['show', id, '--json', '--data', data])).stdout) as GraphInfo;
+  assert.equal(shown.status, 'cancelled');
+  const again = await cli(['cancel', id, '--data', data]);
+  assert.equal(again.code, 0);
+  assert.match(again.stdout, /already cancelled/);
+});
+
+test('cli: a graph whose process died is shown as such and cannot be cancelled', async (t) => {
+  const data = await dataDir(t);
+  const dead = spawn(process.execPath, ['-e', '0']);
+  const pid = dead.pid!;
+  await new Promise((r) => dead.once('exit', r));
+  const files = new GraphFiles(join(data, 'tasks'));
+  const graph = new TaskGraph({ stream: () => assert.fail('nothing runs') }, { name: 'orphan', tasks: [{ id: 'a', kind: 'call', plugin: 'p', action: 'x' }] });
+  await files.write({ ...graph.status(), status: 'running', pid });
+  const ls = ndjson((await cli(['ls', '--json', '--data', data])).stdout);
+  assert.deepEqual(ls.map((g) => [g.id, g.status, g.alive]), [[graph.id, 'running', false]]);
+  const human = await cli(['ls', '--data', data]);
+  assert.match(human.stdout, new RegExp(`process ${pid} gone`));
+  const cancel = await cli(['cancel', graph.id, '--data', data]);
+  assert.equal(cancel.code, 1);
+  assert.match(cancel.stderr, /ERR_TASK_NOT_FOUND: .*not running/);
 });
