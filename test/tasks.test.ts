@@ -564,14 +564,14 @@ test('task(), output() and cancel() name unknown tasks with ERR_TASK_NOT_FOUND',
 // ---- durable resume, through a test double (the host has no resume yet) --------------------
 
 /** A scripted stream: yields `chunks`, emitting a checkpoint after `checkpointAfter`, then ends with `error` or done. */
-class ScriptedStream extends EventEmitter implements SluiceStream<unknown> {
+class ScriptedStream extends EventEmitter implements SluiceStream {
   #status: StreamStatus = 'queued';
   #resolve!: (r: StreamResult) => void;
   readonly result = new Promise<StreamResult>((r) => (this.#resolve = r));
   #cancelled = false;
   constructor(
     readonly id: string,
-    readonly chunks: Chunk<unknown>[],
+    readonly chunks: Chunk[],
     readonly error: SluiceError | undefined,
     readonly checkpointAfter: number | undefined,
   ) {
@@ -588,7 +588,7 @@ class ScriptedStream extends EventEmitter implements SluiceStream<unknown> {
     this.emit('status', status);
     this.#resolve({ status, chunks: this.chunks.length, bytes: 0, kind: 'stream', ...(error === undefined ? {} : { error }) });
   }
-  async *[Symbol.asyncIterator](): AsyncIterator<Chunk<unknown>> {
+  async *[Symbol.asyncIterator](): AsyncIterator<Chunk> {
     await new Promise((r) => setImmediate(r));
     this.#status = 'running';
     this.emit('status', 'running');
@@ -614,7 +614,7 @@ class ScriptedStream extends EventEmitter implements SluiceStream<unknown> {
 }
 
 test('a retried durable stream task resumes from its checkpoint, each seq delivered once', async () => {
-  const seqs = (from: number, to: number): Chunk<unknown>[] => Array.from({ length: to - from }, (_, k) => ({ seq: from + k, data: from + k }));
+  const seqs = (from: number, to: number): Chunk[] => Array.from({ length: to - from }, (_, k) => ({ seq: from + k, data: from + k }));
   const calls: string[] = [];
   const host: TaskHost = {
     stream(_plugin, _action, _params, options?: StreamOptions) {
@@ -792,4 +792,26 @@ test('cli: a graph whose process died is shown as such and cannot be cancelled',
   const cancel = await cli(['cancel', graph.id, '--data', data]);
   assert.equal(cancel.code, 1);
   assert.match(cancel.stderr, /ERR_TASK_NOT_FOUND: .*not running/);
+});
+
+test('when the host cannot resume (ERR_RESUME_FAILED), the retry restarts and still delivers each seq once', async () => {
+  const seqs = (from: number, to: number): Chunk[] => Array.from({ length: to - from }, (_, k) => ({ seq: from + k, data: from + k }));
+  const calls: string[] = [];
+  const host: TaskHost = {
+    stream() {
+      calls.push('stream');
+      return calls.length === 1 ? new ScriptedStream('first', seqs(0, 4), new SluiceError('ERR_SANDBOX_CRASHED'), 2) : new ScriptedStream('second', seqs(0, 6), undefined, undefined);
+    },
+    resume(streamId) {
+      calls.push(`resume:${streamId}`);
+      throw new SluiceError('ERR_RESUME_FAILED', 'already ended');
+    },
+  };
+  const { info, graph } = await run(host, { tasks: [{ id: 'd', kind: 'stream', plugin: 'x', action: 'y', durability: 'checkpoint', retry: { max: 1, backoffMs: 0 } }] });
+  assert.equal(info.tasks[0]!.status, 'done');
+  assert.deepEqual(calls, ['stream', 'resume:first', 'stream']);
+  assert.deepEqual(graph.output('d'), [0, 1, 2, 3, 4, 5]);
+  const second = info.tasks[0]!.attempts[1]!;
+  assert.equal(second.resumedFrom, undefined);
+  assert.equal(second.resumeError?.code, 'ERR_RESUME_FAILED');
 });

@@ -185,10 +185,16 @@ async function submit(file: string, opts: SubmitOptions, pluginsGiven: boolean):
     const raw = await readTaskFile(file);
     const definition = withDefaultSandbox(resolvePluginPaths(raw, dirname(resolve(file))), opts.sandbox);
     // Validate before a sandbox starts: a bad file costs nothing.
-    parseTaskGraph(definition);
+    const spec = parseTaskGraph(definition);
+    // Durable tasks need the host's store, which lives in the data folder.
+    const durable = spec.tasks.some((task) => task.kind === 'stream' && task.durability !== 'none');
     // The default plugins folder is optional (task files may name plugins by path); a given one is not.
     const plugins = pluginsGiven || existsSync(opts.plugins) ? opts.plugins : undefined;
-    host = await Sluice.open({ ...(plugins === undefined ? {} : { plugins }), ...(opts.isolates ? {} : { isolates: false }) });
+    host = await Sluice.open({
+      ...(plugins === undefined ? {} : { plugins }),
+      ...(opts.isolates ? {} : { isolates: false }),
+      ...(durable ? { dataDir: opts.data } : {}),
+    });
     const graph = new TaskGraph(host, definition, {
       ...(opts.concurrency === undefined ? {} : { concurrency: opts.concurrency }),
       ...(opts.failFast === true ? { failFast: true } : {}),

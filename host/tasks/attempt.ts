@@ -47,7 +47,12 @@ export interface AttemptHooks {
   running(): void;
   /** The plugin stored a checkpoint. */
   checkpoint(streamId: string, seq: number): void;
+  /** The host could not resume; the attempt restarts from scratch instead. */
+  resumeFailed(error: SluiceError): void;
 }
+
+/** Resume failures after which a fresh start is the right retry. */
+const RESTART_INSTEAD: ReadonlySet<string> = new Set(['ERR_RESUME_FAILED', 'ERR_STREAM_NOT_FOUND']);
 
 export interface AttemptPlan {
   /** Resume this durable stream instead of starting afresh. */
@@ -108,7 +113,19 @@ export async function runStreamAttempt(host: TaskHost, spec: Exclude<TaskSpec, P
   let stream: SluiceStream;
   try {
     signal.throwIfAborted();
-    stream = plan.resume !== undefined && host.resume !== undefined ? await host.resume(plan.resume.streamId, streamOptions(spec)) : host.stream(spec.plugin, spec.action, spec.params, streamOptions(spec));
+    let resumed: SluiceStream | undefined;
+    if (plan.resume !== undefined && host.resume !== undefined) {
+      try {
+        resumed = await host.resume(plan.resume.streamId, streamOptions(spec));
+      } catch (err) {
+        // The host cannot resume it (it gave up after its own retries and recorded the
+        // stream as ended, or the record is gone): restart, deduplicating by seq.
+        if (!isSluiceError(err) || !RESTART_INSTEAD.has(err.code)) throw err;
+        hooks.resumeFailed(err);
+      }
+    }
+    signal.throwIfAborted();
+    stream = resumed ?? host.stream(spec.plugin, spec.action, spec.params, streamOptions(spec));
   } catch (err) {
     const error = signal.aborted ? reasonOf(signal) : asSluiceError(err, 'ERR_PLUGIN_THREW');
     return { status: error.code === 'ERR_CANCELLED' ? 'cancelled' : 'failed', error, chunks: 0, bytes: 0 };

@@ -369,6 +369,11 @@ export class TaskGraph extends EventEmitter implements AsyncDisposable {
       checkpoint: (streamId: string, seq: number) => {
         rec.checkpoint = { streamId, seq };
       },
+      resumeFailed: (error: SluiceError) => {
+        delete attempt.resumedFrom;
+        attempt.resumeError = info(error);
+        rec.checkpoint = undefined;
+      },
     };
     const plan = resume === undefined ? { signal: controller.signal } : { signal: controller.signal, resume };
     let outcome: AttemptOutcome;
