@@ -15,17 +15,19 @@ import { pino, type Logger } from 'pino';
 import { copyChunk } from '../protocol/chunk.js';
 import { DEFAULT_WINDOW, MAX_WINDOW_BYTES, MAX_WINDOW_CHUNKS, type Window } from '../protocol/credit.js';
 import { SluiceError, isSluiceError, toWireError } from '../protocol/errors.js';
-import { assertInteger, assertOneOf, assertString, fail, isObject } from '../protocol/assert.js';
+import { assertInteger, assertNumber, assertOneOf, assertString, fail, isObject } from '../protocol/assert.js';
 import { DEFAULT_LIMITS, DEFAULT_POLICY, parsePartialLimits, resolveLimits, type Limits } from '../protocol/limits.js';
-import type { StartSpec } from '../protocol/messages.js';
+import type { Resume, StartSpec } from '../protocol/messages.js';
 import type { SandboxKind } from '../sandbox/sdk.js';
 import { HostMetrics } from './metrics.js';
 import { PluginRegistry, type PluginProblem, type PluginRecord, type IsolateBundler } from './registry.js';
 import { PRIORITIES, Scheduler, type Ticket } from './scheduler.js';
-import { HostStream, type StreamEngineHooks } from './stream.js';
+import { HostStream, type DurableLog, type StreamEngineHooks } from './stream.js';
 import { WorkerPool, type WorkerPoolOptions } from './sandbox/worker-pool.js';
 import type { SandboxPool } from './sandbox/types.js';
-import type { PluginInfo, SluiceStream, StreamOptions, StreamResult } from './types.js';
+import type { Durability, PluginInfo, ReadEvent, SluiceStream, StreamInfo, StreamOptions, StreamResult, StreamStatus } from './types.js';
+import { Store, isFinished, type RetentionPolicy, type StreamRecord } from './store/store.js';
+import type { ChunkData } from '../protocol/chunk.js';
 
 export interface SluiceOptions {
   /** Plugin folders, discovered at open. */
@@ -54,6 +56,39 @@ export interface SluiceOptions {
   logger?: Logger | false;
   /** Reject `open` when any plugin in the folders fails to load (default: record it in `pluginProblems()`). */
   strictPlugins?: boolean;
+  /**
+   * The data folder of the durable store (LMDB). Without it the host keeps nothing and
+   * durable streams are refused; the CLI and server default it to `./data`.
+   */
+  dataDir?: string;
+  /** Store options: encryption at rest (else env SLUICE_STORE_KEY), default retention, upkeep. */
+  store?: { encryptionKey?: string | Uint8Array | null; retention?: RetentionPolicy; maintenanceIntervalMs?: number; finishedRetentionMs?: number };
+  /** `auto`: at open, resume unfinished `log` streams (they run with no consumer: the log is theirs). Default `manual`. */
+  resume?: 'auto' | 'manual';
+  /** Retries of durable streams whose sandbox died (retriable errors), resuming from the last checkpoint. */
+  retries?: Partial<RetryPolicy>;
+}
+
+export interface RetryPolicy {
+  max: number;
+  backoffMs: number;
+  factor: number;
+  maxBackoffMs: number;
+}
+
+const RETRY_DEFAULTS: Readonly<RetryPolicy> = Object.freeze({ max: 3, backoffMs: 100, factor: 2, maxBackoffMs: 5000 });
+
+/** What the host keeps for a durable stream while it is live. */
+interface DurableState {
+  store: Store;
+  durability: Exclude<Durability, 'none'>;
+  log: DurableLog | undefined;
+  attempts: number;
+  retryTimer: NodeJS.Timeout | undefined;
+  /** Set when the stream was admitted: what a retry needs to start it again. */
+  restart: ((resume: Resume | undefined, startSeq: number) => Promise<void>) | undefined;
+  /** Checkpoint writes in flight, so the stream's end is stored after them. */
+  checkpoints: Promise<unknown>;
 }
 
 const DEFAULTS = Object.freeze({
@@ -78,6 +113,8 @@ interface Engine {
   defaults: Limits;
   policy: Limits;
   window: Window;
+  store: Store | undefined;
+  retries: RetryPolicy;
 }
 
 function parseWindowOverride(value: unknown, field: string): Partial<Window> {
@@ -107,6 +144,7 @@ export class Sluice implements AsyncDisposable {
   readonly #tickets = new Map<HostStream, Ticket>();
   readonly #slots = new Map<HostStream, Ticket>();
   readonly #clocked = new Set<HostStream>();
+  readonly #durable = new Map<HostStream, DurableState>();
   #watchdog: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
   readonly #hooks: StreamEngineHooks;
@@ -120,13 +158,22 @@ export class Sluice implements AsyncDisposable {
         engine.metrics.running.inc({ sandbox: kind });
         engine.metrics.streamsStarted.inc({ sandbox: kind });
         if (s.watchesClock) this.#watch(s);
+        this.#durable.get(s)?.store.setStatus(s.id, 'running').catch((err: unknown) => engine.logger.error({ err, stream: s.id }, 'store status update failed'));
       },
       batch: (_s, chunks, bytes) => {
         engine.metrics.chunks.inc(chunks);
         engine.metrics.bytes.inc(bytes);
       },
       finished: (s, result) => this.#finished(s, result),
+      retry: (s, error) => this.#retry(s, error),
       dequeue: (s) => {
+        const d = this.#durable.get(s);
+        if (d?.retryTimer !== undefined) {
+          clearTimeout(d.retryTimer);
+          d.retryTimer = undefined;
+          s.exit(undefined);
+          return;
+        }
         const ticket = this.#tickets.get(s);
         if (ticket !== undefined && engine.scheduler.remove(ticket)) {
           this.#tickets.delete(s);
@@ -171,12 +218,38 @@ export class Sluice implements AsyncDisposable {
       memoryBudgetMb: { worker: options.memoryBudgetMb?.worker ?? 0, isolate: options.memoryBudgetMb?.isolate ?? 0 },
       maxQueued,
     });
-    const host = new Sluice({ options, logger, registry, pools, scheduler, metrics: new HostMetrics(), defaults, policy, window });
+    const retries: RetryPolicy = { ...RETRY_DEFAULTS, ...options.retries };
+    for (const key of Object.keys(RETRY_DEFAULTS) as (keyof RetryPolicy)[]) {
+      if (key === 'factor') assertNumber(retries[key], `retries.${key}`, 'ERR_INVALID_ARGUMENT', 1, 100);
+      else assertInteger(retries[key], `retries.${key}`, 'ERR_INVALID_ARGUMENT', 0);
+    }
+    if (options.resume !== undefined) assertOneOf(options.resume, ['auto', 'manual'] as const, 'resume', 'ERR_INVALID_ARGUMENT');
+    let store: Store | undefined;
+    if (options.dataDir !== undefined) {
+      assertString(options.dataDir, 'dataDir', 'ERR_INVALID_ARGUMENT', 4096);
+      const so = options.store ?? {};
+      store = await Store.open({
+        path: resolve(options.dataDir),
+        ...(so.encryptionKey !== undefined ? { encryptionKey: so.encryptionKey } : {}),
+        ...(so.maintenanceIntervalMs !== undefined ? { maintenanceIntervalMs: so.maintenanceIntervalMs } : {}),
+        ...(so.finishedRetentionMs !== undefined ? { finishedRetentionMs: so.finishedRetentionMs } : {}),
+        onMaintenanceError: (err: unknown) => logger.error({ err }, 'store upkeep failed'),
+      });
+    }
+    const host = new Sluice({ options, logger, registry, pools, scheduler, metrics: new HostMetrics(), defaults, policy, window, store, retries });
     try {
       const dirs = options.plugins === undefined ? [] : Array.isArray(options.plugins) ? options.plugins : [options.plugins];
       await registry.discover(dirs.map((d) => resolve(d)));
       for (const p of registry.problems()) logger.warn({ path: p.path, code: p.error.code }, p.error.message);
       if (options.strictPlugins === true && registry.problems().length > 0) throw registry.problems()[0]!.error;
+      if (options.resume === 'auto' && store !== undefined) {
+        for (const rec of store.listStreams({ status: ['queued', 'running'] })) {
+          if (rec.durability !== 'log') continue;
+          const stream = host.resume(rec.id);
+          logger.info({ stream: rec.id, plugin: rec.plugin }, 'resumed durable stream');
+          void stream.result;
+        }
+      }
     } catch (err) {
       await host.destroy();
       throw err;
@@ -218,20 +291,112 @@ export class Sluice implements AsyncDisposable {
    * its stream at once; failures to start surface when the stream is read.
    */
   stream(plugin: string, action: string, params?: unknown, options: StreamOptions = {}): SluiceStream {
+    return this.#launch(plugin, action, params, options, undefined);
+  }
+
+  /**
+   * Start a durable stream again after a crash or restart: the action runs with
+   * `ctx.resume` = its last checkpoint, and (in `log` mode) chunks it produces again up
+   * to the log's tail are dropped, so readers see every seq exactly once.
+   */
+  resume(id: string): SluiceStream {
+    this.#assertOpen();
+    assertString(id, 'id', 'ERR_INVALID_ARGUMENT', 128);
+    const live = this.#live.get(id);
+    if (live !== undefined) return live;
+    const store = this.#requireStore('resume a stream');
+    const rec = store.getStream(id);
+    if (rec === undefined) throw new SluiceError('ERR_STREAM_NOT_FOUND', `No durable stream \`${id}\``, { details: { id } });
+    if (isFinished(rec.status)) throw new SluiceError('ERR_RESUME_FAILED', `Stream \`${id}\` already ended (${rec.status}); nothing to resume`, { details: { id, status: rec.status } });
+    const saved = rec.options as { sandbox?: StreamOptions['sandbox']; limits?: StreamOptions['limits']; window?: StreamOptions['window']; priority?: StreamOptions['priority'] };
+    const options: StreamOptions = { id, durability: rec.durability };
+    if (saved.sandbox !== undefined) options.sandbox = saved.sandbox;
+    if (saved.limits !== undefined) options.limits = saved.limits;
+    if (saved.window !== undefined) options.window = saved.window;
+    if (saved.priority !== undefined) options.priority = saved.priority;
+    return this.#launch(rec.plugin, rec.action, rec.params, options, rec);
+  }
+
+  /**
+   * Read a durable stream from any position: exactly the chunks after `fromSeq`, live
+   * ones included, or an explicit `gap` / `reset` event, then `end`.
+   */
+  read(id: string, options: { fromSeq?: number; epoch?: string; signal?: AbortSignal } = {}): AsyncIterable<ReadEvent> {
+    const store = this.#e.store;
+    if (store === undefined) throw new SluiceError('ERR_STREAM_NOT_FOUND', `No durable stream \`${id}\` (this host has no data folder)`);
+    return store.read(id, options);
+  }
+
+  /** A stream's state: live ones from memory, durable ones from the store. */
+  async streamInfo(id: string): Promise<StreamInfo | undefined> {
+    const live = this.#live.get(id) as HostStream | undefined;
+    const rec = this.#e.store?.getStream(id);
+    if (live !== undefined) {
+      return { id, plugin: live.plugin, action: live.action, status: live.status, durability: rec?.durability ?? 'none', chunks: live.chunks, ...(live.progress !== undefined ? { progress: live.progress } : {}) };
+    }
+    if (rec === undefined) return undefined;
+    const info: StreamInfo = { id, plugin: rec.plugin, action: rec.action, status: rec.status, durability: rec.durability, chunks: this.#e.store!.logTail(id), createdAt: rec.createdAt, updatedAt: rec.updatedAt };
+    if (rec.error !== undefined) info.error = rec.error;
+    const cp = this.#e.store!.getCheckpoint(id);
+    if (cp !== undefined) info.checkpoint = { seq: cp.seq, time: cp.time };
+    return info;
+  }
+
+  /** Durable streams the store holds. */
+  durableStreams(filter: { status?: StreamStatus | StreamStatus[] } = {}): StreamRecord[] {
+    return this.#e.store?.listStreams(filter) ?? [];
+  }
+
+  /** Forget a durable stream: its record, log and checkpoint. A live one is cancelled first. */
+  async removeStream(id: string): Promise<boolean> {
+    const live = this.#live.get(id);
+    if (live !== undefined) await live.cancel('removed');
+    return this.#e.store?.removeStream(id) ?? false;
+  }
+
+  /** The store's epoch ('' without a data folder): changes when the store is re-created. */
+  get epoch(): string {
+    return this.#e.store?.epoch ?? '';
+  }
+
+  #requireStore(what: string): Store {
+    const store = this.#e.store;
+    if (store === undefined) throw new SluiceError('ERR_INVALID_ARGUMENT', `Cannot ${what}: this host has no data folder (open it with \`dataDir\`)`);
+    return store;
+  }
+
+  #launch(plugin: string, action: string, params: unknown, options: StreamOptions, resuming: StreamRecord | undefined): SluiceStream {
     this.#assertOpen();
     assertString(plugin, 'plugin', 'ERR_INVALID_ARGUMENT');
     assertString(action, 'action', 'ERR_INVALID_ARGUMENT', 256);
     if (typeof options !== 'object' || options === null) fail('ERR_INVALID_ARGUMENT', 'options', 'an object', options);
     if (options.sandbox !== undefined) assertOneOf(options.sandbox, ['worker', 'isolate'] as const, 'options.sandbox', 'ERR_INVALID_ARGUMENT');
     if (options.priority !== undefined) assertOneOf(options.priority, PRIORITIES, 'options.priority', 'ERR_INVALID_ARGUMENT');
+    if (options.durability !== undefined) assertOneOf(options.durability, ['none', 'checkpoint', 'log'] as const, 'options.durability', 'ERR_INVALID_ARGUMENT');
     const limits = parsePartialLimits(options.limits, 'options.limits', 'ERR_INVALID_ARGUMENT');
     const window = parseWindowOverride(options.window, 'options.window');
     if (options.id !== undefined) assertString(options.id, 'options.id', 'ERR_INVALID_ARGUMENT', 128);
+    const durability = options.durability ?? 'none';
+    const store = durability === 'none' ? undefined : this.#requireStore('start a durable stream');
     const id = options.id ?? randomUUID();
     if (this.#live.has(id)) fail('ERR_INVALID_ARGUMENT', 'options.id', 'an id no live stream uses', id);
+    if (resuming === undefined && store?.getStream(id) !== undefined) fail('ERR_INVALID_ARGUMENT', 'options.id', 'an id no stored stream uses', id);
+    // A path is stored absolute, so a resume from another working directory finds the same plugin.
+    const ref = plugin.includes('/') || plugin.includes('\\') ? resolve(plugin) : plugin;
 
-    const stream = new HostStream(id, plugin, action, this.#hooks);
+    const stream = new HostStream(id, ref, action, this.#hooks);
     this.#live.set(id, stream);
+    if (store !== undefined && durability !== 'none') {
+      const log: DurableLog | undefined =
+        durability === 'log'
+          ? { append: (first, chunks) => store.appendChunks(id, first, chunks as ChunkData[]), read: (fromSeq, signal) => store.read(id, { fromSeq, signal }) }
+          : undefined;
+      const d: DurableState = { store, durability, log, attempts: 0, retryTimer: undefined, restart: undefined, checkpoints: Promise.resolve() };
+      this.#durable.set(stream, d);
+      stream.on('checkpoint', ({ seq, state }) => {
+        d.checkpoints = store.putCheckpoint({ streamId: id, seq, state: state as ChunkData }).catch((err: unknown) => this.#e.logger.error({ err, stream: id }, 'checkpoint write failed'));
+      });
+    }
     const signal = options.signal;
     if (signal !== undefined) {
       if (signal.aborted) void stream.cancel(reasonText(signal.reason));
@@ -241,7 +406,7 @@ export class Sluice implements AsyncDisposable {
         void stream.result.then(() => signal.removeEventListener('abort', onAbort));
       }
     }
-    void this.#prepare(stream, params, options, limits, window);
+    void this.#prepare(stream, params, options, limits, window, resuming);
     return stream;
   }
 
@@ -260,7 +425,7 @@ export class Sluice implements AsyncDisposable {
     return stream.kind === 'unary' ? out[0] : out;
   }
 
-  async #prepare(stream: HostStream, params: unknown, options: StreamOptions, limits: Partial<Limits>, window: Partial<Window>): Promise<void> {
+  async #prepare(stream: HostStream, params: unknown, options: StreamOptions, limits: Partial<Limits>, window: Partial<Window>, resuming: StreamRecord | undefined): Promise<void> {
     const e = this.#e;
     try {
       const record = await e.registry.resolve(stream.plugin);
@@ -286,7 +451,31 @@ export class Sluice implements AsyncDisposable {
         window: { ...e.window, ...window },
         limits: { maxChunkBytes: effective.maxChunkBytes, memoryMb: effective.memoryMb, cpuMs: effective.cpuMs },
       };
-      stream.setup({ limits: effective, window: spec.window, startSeq: 0 });
+      const d = this.#durable.get(stream);
+      if (d === undefined) stream.setup({ limits: effective, window: spec.window, startSeq: 0 });
+      else {
+        if (resuming === undefined) {
+          const saved: { [key: string]: ChunkData } = { limits: limits as ChunkData, window: window as ChunkData };
+          if (options.sandbox !== undefined) saved.sandbox = options.sandbox;
+          if (options.priority !== undefined) saved.priority = options.priority;
+          const retention = options.retention ?? e.options.store?.retention;
+          await d.store.createStream({ id: stream.id, plugin: stream.plugin, action: stream.action, params: input as ChunkData, options: saved, durability: d.durability, ...(retention !== undefined ? { retention } : {}), status: 'queued' });
+        }
+        const cp = d.store.getCheckpoint(stream.id);
+        if (cp !== undefined) spec.resume = { seq: cp.seq, state: cp.state };
+        const startSeq = cp?.seq ?? 0;
+        // In log mode the log says what readers had; otherwise nobody had anything past the checkpoint.
+        const tail = d.log !== undefined ? d.store.logTail(stream.id) : startSeq;
+        stream.setup({ limits: effective, window: spec.window, startSeq, tail, ...(d.log !== undefined ? { log: d.log } : {}) });
+        d.restart = async (resume, seq) => {
+          const retrySpec: StartSpec = { ...spec };
+          if (resume === undefined) delete retrySpec.resume;
+          else retrySpec.resume = resume;
+          stream.setup({ limits: effective, window: spec.window, startSeq: seq, tail: stream.tail, ...(d.log !== undefined ? { log: d.log } : {}) });
+          const bundle = await record.bundle(kind);
+          stream.attach(await e.pools[kind]!.start(bundle, retrySpec, stream));
+        };
+      }
       if (stream.ended) {
         stream.exit(undefined);
         return;
@@ -325,6 +514,19 @@ export class Sluice implements AsyncDisposable {
 
   #finished(stream: HostStream, result: StreamResult): void {
     const e = this.#e;
+    const d = this.#durable.get(stream);
+    if (d !== undefined) {
+      this.#durable.delete(stream);
+      if (result.error?.code === 'ERR_HOST_CLOSED' || this.#closing !== undefined) {
+        // Not an end: the stream stays unfinished in the store, to be resumed by the next host.
+        stream.endReaders();
+      } else {
+        const status = result.status;
+        void d.checkpoints
+          .then(() => d.store.setStatus(stream.id, status, result.error))
+          .catch((err: unknown) => e.logger.error({ err, stream: stream.id }, 'store status update failed'));
+      }
+    }
     this.#live.delete(stream.id);
     this.#clocked.delete(stream);
     this.#tickets.delete(stream);
@@ -339,6 +541,30 @@ export class Sluice implements AsyncDisposable {
     if (result.error !== undefined && result.status === 'failed') {
       e.logger.info({ stream: stream.id, plugin: stream.plugin, action: stream.action, code: result.error.code }, result.error.message);
     }
+  }
+
+  /**
+   * A durable stream's sandbox died (retriable): start it again after a jittered,
+   * growing delay, resuming from its last checkpoint, keeping its slot and its consumers.
+   */
+  #retry(stream: HostStream, error: SluiceError): boolean {
+    const d = this.#durable.get(stream);
+    const policy = this.#e.retries;
+    if (d === undefined || d.restart === undefined || d.attempts >= policy.max || this.#closing !== undefined) return false;
+    d.attempts++;
+    const base = Math.min(policy.maxBackoffMs, policy.backoffMs * policy.factor ** (d.attempts - 1));
+    const delay = Math.round(base * (0.5 + Math.random() / 2));
+    this.#e.logger.warn({ stream: stream.id, code: error.code, attempt: d.attempts, delayMs: delay }, 'retrying durable stream from its checkpoint');
+    const restart = d.restart;
+    d.retryTimer = setTimeout(() => {
+      d.retryTimer = undefined;
+      void (async () => {
+        await d.checkpoints;
+        const cp = d.store.getCheckpoint(stream.id);
+        await restart(cp === undefined ? undefined : { seq: cp.seq, state: cp.state }, cp?.seq ?? 0);
+      })().catch((err: unknown) => stream.exit(asSluiceError(err, 'ERR_SANDBOX_CRASHED')));
+    }, delay);
+    return true;
   }
 
   /** One timer for all wall/idle clocks, running only while some stream has one. */
@@ -379,6 +605,7 @@ export class Sluice implements AsyncDisposable {
     // A pool that does not close in time is destroyed: close() is bounded whatever a sandbox does.
     await Promise.all(Object.values(e.pools).map((p) => withTimeout(p.close(timeout), timeout + POOL_CLOSE_SLACK_MS).catch(() => p.destroy())));
     this.#stopWatchdog();
+    await e.store?.close();
   }
 
   /** Kill every sandbox now; live streams fail with ERR_HOST_CLOSED. Idempotent. */
@@ -388,6 +615,7 @@ export class Sluice implements AsyncDisposable {
     for (const s of [...this.#live.values()]) s.kill(error);
     await Promise.all(Object.values(this.#e.pools).map((p) => p.destroy()));
     this.#stopWatchdog();
+    await this.#e.store?.close();
   }
 
   #stopWatchdog(): void {

@@ -18,7 +18,7 @@ import { SluiceError, fromWireError } from '../protocol/errors.js';
 import { LIMIT_ERROR, type Limits } from '../protocol/limits.js';
 import type { ActionKind, FromSandbox } from '../protocol/messages.js';
 import type { SandboxEvents, SandboxHandle } from './sandbox/types.js';
-import type { Chunk, Progress, SluiceStream, StreamEvents, StreamResult, StreamStatus } from './types.js';
+import type { Chunk, Progress, ReadEvent, SluiceStream, StreamEvents, StreamResult, StreamStatus } from './types.js';
 
 interface Batch {
   firstSeq: number;
@@ -45,8 +45,21 @@ export interface StreamEngineHooks {
   batch(stream: HostStream, chunks: number, bytes: number): void;
   /** The sandbox is gone (or the stream never got one): free its slot. Called once. */
   finished(stream: HostStream, result: StreamResult): void;
-  /** Called when a queued stream is cancelled, to take it out of the queue. */
+  /** Called when a queued (or retrying) stream is cancelled, to take it out of the queue. */
   dequeue(stream: HostStream): void;
+  /**
+   * The sandbox died with a retriable error. Return true to keep the stream alive:
+   * the host will `setup` and `attach` it again (resuming from its checkpoint).
+   */
+  retry(stream: HostStream, error: SluiceError): boolean;
+}
+
+/** Where a durable stream in `log` mode puts its chunks, and how its readers get them back. */
+export interface DurableLog {
+  /** Append in order; resolves once committed. */
+  append(firstSeq: number, chunks: unknown[]): Promise<unknown>;
+  /** Committed chunks from `fromSeq`, live ones included, then the end (see Store.read). */
+  read(fromSeq: number, signal: AbortSignal): AsyncIterable<ReadEvent>;
 }
 
 export interface StreamSetup {
@@ -54,6 +67,13 @@ export interface StreamSetup {
   window: Window;
   /** First seq the sandbox will produce (non-zero on resume). */
   startSeq: number;
+  /**
+   * First seq the stream's consumers have not had yet (default `startSeq`). A resumed
+   * plugin re-produces chunks from its checkpoint; those below the tail are dropped.
+   */
+  tail?: number;
+  /** `log` durability: the log is the consumer (credit returns on commit) and readers read it. */
+  log?: DurableLog;
 }
 
 export class HostStream extends EventEmitter implements SluiceStream, SandboxEvents {
@@ -66,6 +86,14 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   #batches: Batch[] = [];
   #bi = 0;
   #expectedSeq = 0;
+  /** Next seq to hand to consumers; repeats below it (after a resume) are dropped. */
+  #tail = 0;
+  #log: DurableLog | undefined;
+  /** Pending log commits, in order; end and error wait behind them. Undefined when idle. */
+  #chain: Promise<void> | undefined;
+  #chainDepth = 0;
+  /** Aborts the log reader of this stream's own iterator when the stream ends unpersisted. */
+  readonly #readAbort = new AbortController();
   #chunks = 0;
   #bytes = 0;
   #kind: ActionKind | undefined;
@@ -135,15 +163,26 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     this.#limits = setup.limits;
     this.#ledger = new CreditLedger(setup.window);
     this.#expectedSeq = setup.startSeq;
+    this.#tail = setup.tail ?? setup.startSeq;
+    this.#log = setup.log;
+  }
+
+  /** Seq of the first chunk no consumer has had: where a resume starts dropping repeats. */
+  get tail(): number {
+    return this.#tail;
   }
 
   /** The sandbox is running the stream. */
   attach(handle: SandboxHandle): void {
     this.#handle = handle;
-    this.#started = true;
-    this.#startedAt = this.#idleSince = performance.now();
-    this.#setStatus('running');
-    this.hooks.running(this);
+    this.#idleSince = performance.now();
+    if (!this.#started) {
+      // A retry re-attaches: the wall clock and the running count carry on from the first start.
+      this.#started = true;
+      this.#startedAt = this.#idleSince;
+      this.#setStatus('running');
+      this.hooks.running(this);
+    }
     if (this.#stopping !== undefined) this.#stopSandbox(this.#stopping, this.#pendingCancel !== undefined);
   }
 
@@ -189,11 +228,11 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
         return;
       case 'end':
         this.#kind = msg.kind;
-        this.#decide({ status: 'done' });
+        this.#ordered(() => this.#decide({ status: 'done' }));
         return;
       case 'error': {
         const error = fromWireError(msg.error);
-        this.#decide(this.#pendingCancel !== undefined && error.code === 'ERR_CANCELLED' ? { status: 'cancelled', error } : { status: 'failed', error });
+        this.#ordered(() => this.#decide(this.#pendingCancel !== undefined && error.code === 'ERR_CANCELLED' ? { status: 'cancelled', error } : { status: 'failed', error }));
         return;
       }
     }
@@ -201,9 +240,17 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
 
   exit(error: SluiceError | undefined): void {
     if (this.#exited) return;
-    this.#exited = true;
     clearTimeout(this.#graceTimer);
+    this.#graceTimer = undefined;
     this.#handle = undefined;
+    if (this.#outcome === undefined && this.#stopping === undefined && error?.retriable === true && this.hooks.retry(this, error)) {
+      return; // the host re-attaches it
+    }
+    this.#exited = true;
+    this.#ordered(() => this.#finish(error));
+  }
+
+  #finish(error: SluiceError | undefined): void {
     if (this.#outcome === undefined) {
       this.#decide({ status: 'failed', error: error ?? new SluiceError('ERR_SANDBOX_CRASHED', 'Sandbox exited without ending the stream') });
     }
@@ -227,6 +274,17 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
       return;
     }
     this.#expectedSeq += chunks.length;
+    this.#idleSince = performance.now();
+    // A resumed plugin re-produces chunks from its checkpoint; consumers already had those below the tail.
+    const repeats = Math.min(Math.max(this.#tail - firstSeq, 0), chunks.length);
+    if (repeats > 0) {
+      const repeatBytes = Math.floor((bytes * repeats) / chunks.length);
+      this.#returnCredit(repeats, repeatBytes);
+      if (repeats === chunks.length) return;
+      chunks = chunks.slice(repeats);
+      bytes -= repeatBytes;
+      firstSeq += repeats;
+    }
     if (limits.maxBytes > 0 && this.#bytes + bytes > limits.maxBytes) {
       // Sizes are per batch, so the whole offending batch is withheld: a consumer never gets more than maxBytes.
       this.#limitHit('maxBytes', `Stream exceeded maxBytes (${limits.maxBytes})`);
@@ -241,12 +299,56 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     if (accepted.length > 0) {
       this.#chunks += accepted.length;
       this.#bytes += bytes;
-      this.#idleSince = performance.now();
-      this.#batches.push({ firstSeq, chunks: accepted, bytes, pos: 0, returned: 0 });
+      this.#tail = firstSeq + accepted.length;
       this.hooks.batch(this, accepted.length, bytes);
-      this.#wake();
+      if (this.#log !== undefined) this.#commit(firstSeq, accepted, bytes);
+      else {
+        this.#batches.push({ firstSeq, chunks: accepted, bytes, pos: 0, returned: 0 });
+        this.#wake();
+      }
     }
     if (over) this.#limitHit('maxChunks', `Stream exceeded maxChunks (${limits.maxChunks})`);
+  }
+
+  /**
+   * `log` durability: the log is the consumer. The append starts now (group commit
+   * batches concurrent appends) and credit returns when it commits, so the plugin runs
+   * at the log's pace however slow the readers are.
+   */
+  #commit(firstSeq: number, chunks: unknown[], bytes: number): void {
+    const committed = this.#log!.append(firstSeq, chunks);
+    this.#ordered(() =>
+      committed.then(
+        () => this.#returnCredit(chunks.length, bytes),
+        (err: unknown) => {
+          const error = new SluiceError('ERR_STORE_IO', `Appending to the stream's log failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
+          this.#decide({ status: 'failed', error });
+          this.#stopSandbox(error, false);
+        },
+      ),
+    );
+  }
+
+  #returnCredit(chunks: number, bytes: number): void {
+    const grant = this.#ledger?.consume(chunks, bytes);
+    if (grant !== undefined) this.#grant(grant);
+  }
+
+  /** Run `fn` after the pending log commits (at once when there are none). */
+  #ordered(fn: () => void | Promise<void>): void {
+    if (this.#chain === undefined) {
+      const r = fn();
+      if (r === undefined) return;
+      this.#chainDepth++;
+      this.#chain = r.then(() => this.#settleChain());
+      return;
+    }
+    this.#chainDepth++;
+    this.#chain = this.#chain.then(fn).then(() => this.#settleChain());
+  }
+
+  #settleChain(): void {
+    if (--this.#chainDepth === 0) this.#chain = undefined;
   }
 
   // ---- ending --------------------------------------------------------------------------
@@ -347,6 +449,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   [Symbol.asyncIterator](): AsyncIterator<Chunk> {
     if (this.#iterating) throw new SluiceError('ERR_STREAM_CONSUMED', `Stream ${this.id} is already being read; a stream can be iterated only once`);
     this.#iterating = true;
+    if (this.#log !== undefined) return this.#readLog(this.#log);
     return {
       next: () => this.#next(),
       return: async () => {
@@ -356,6 +459,36 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
         return { value: undefined, done: true };
       },
     };
+  }
+
+  /** A `log` stream's own consumer is one more reader of its log, from where this run started. */
+  async *#readLog(log: DurableLog): AsyncGenerator<Chunk> {
+    if (!this.#demanded) {
+      this.#demanded = true;
+      this.emit('demand');
+    }
+    let done = false;
+    try {
+      for await (const event of log.read(this.#tail - this.#chunks, this.#readAbort.signal)) {
+        if (event.type === 'chunk') yield { seq: event.seq, data: event.data };
+        else if (event.type === 'end') {
+          done = true;
+          break;
+        } else throw new SluiceError('ERR_STREAM_GAP', event.type === 'gap' ? `Chunks ${event.fromSeq}..${event.toSeq - 1} were removed by retention; read with host.read() to handle gaps` : 'The store was re-created');
+      }
+    } catch (err) {
+      // Aborted because the stream ended without a stored end (host closing): report its outcome.
+      if (!this.#readAbort.signal.aborted) throw err;
+    } finally {
+      if (!done && this.#outcome === undefined) void this.cancel('consumer stopped reading');
+    }
+    const outcome = this.#outcome;
+    if (outcome !== undefined && outcome.status !== 'done') throw outcome.error;
+  }
+
+  /** The stream ended but its end will not be stored (host closing): release log readers of this stream. */
+  endReaders(): void {
+    this.#readAbort.abort();
   }
 
   #take(): Chunk | undefined {

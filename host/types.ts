@@ -37,6 +37,24 @@ export interface StreamOptions {
   durability?: Durability;
   /** Caller-chosen stream id (must be unique among live streams); default a random UUID. */
   id?: string;
+  /** `log` durability: how much of the log to keep (oldest chunks go first; readers then get a gap). */
+  retention?: { maxChunks?: number; maxBytes?: number; maxAgeMs?: number };
+}
+
+/** A stream's state, live or stored (`host.streamInfo(id)`). */
+export interface StreamInfo {
+  id: string;
+  plugin: string;
+  action: string;
+  status: StreamStatus;
+  durability: Durability;
+  /** Live: chunks produced this run. Stored: the log's tail (next seq). */
+  chunks: number;
+  progress?: Progress;
+  checkpoint?: { seq: number; time: number };
+  error?: { code: string; message: string };
+  createdAt?: number;
+  updatedAt?: number;
 }
 
 export interface StreamResult {

@@ -55,6 +55,7 @@ export const ERROR_CODES = {
   ERR_HOST_CLOSED: { message: 'Host is closed' },
   ERR_STREAM_CONSUMED: { message: 'Stream can be iterated only once' },
   ERR_STREAM_NOT_FOUND: { message: 'Stream not found' },
+  ERR_STREAM_GAP: { message: 'Chunks the reader asked for are no longer stored' },
 
   // Durable store
   ERR_STORE_CORRUPT: { message: 'Stored record is corrupt' },

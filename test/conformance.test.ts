@@ -4,14 +4,15 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { CONFORMANCE as P, collect, openHost, outcome, once, sleep } from './helpers.js';
+import { CONFORMANCE as P, collect, openHost as open, outcome, sleep } from './helpers.js';
 import type { SandboxKind } from '../sandbox/sdk.js';
 
-export const SANDBOXES: SandboxKind[] = ['worker'];
+export const SANDBOXES: SandboxKind[] = ['worker', 'isolate'];
 
 for (const sandbox of SANDBOXES) {
   describe(`conformance (${sandbox})`, () => {
     const S = { sandbox } as const;
+    const openHost = (t: Parameters<typeof open>[0], options: Parameters<typeof open>[1] = {}) => open(t, { isolates: sandbox === 'isolate' ? { processes: 1 } : false, ...options });
 
     test('unary action: call returns its value; streamed it is one chunk', async (t) => {
       const host = await openHost(t);
@@ -67,7 +68,7 @@ for (const sandbox of SANDBOXES) {
     test('cooperative cancel aborts ctx.signal and runs the plugin finally', async (t) => {
       const host = await openHost(t, { cancelGraceMs: 10_000 });
       const stream = host.stream(P, 'slow', { ms: 20 }, S);
-      const finallyRan = once(stream, 'log', (l: { message: string }) => l.message === 'finally ran');
+      const finallyRan = new Promise<void>((resolve) => stream.on('log', (l) => l.message === 'finally ran' && resolve()));
       const it = stream[Symbol.asyncIterator]();
       await it.next();
       const started = performance.now();
@@ -216,3 +217,33 @@ for (const sandbox of SANDBOXES) {
     });
   });
 }
+
+describe('containment (isolate)', () => {
+  const S = { sandbox: 'isolate' } as const;
+
+  test('a plugin that aborts its sandbox process takes down only that process', async (t) => {
+    const host = await open(t, { isolates: { processes: 2 } });
+    // Warm both processes so the crash and the good stream land on different ones.
+    await Promise.all([host.call(P, 'echo', 1, S), host.call(P, 'echo', 2, S)]);
+    const good = host.stream(P, 'count', { to: 20_000 }, S);
+    const reading = collect(good);
+    const crashed = await outcome(host.stream(P, 'crash', {}, S));
+    assert.equal(crashed.error?.code, 'ERR_SANDBOX_CRASHED', crashed.error?.message);
+    const chunks = await reading;
+    assert.equal(chunks.length, 20_000);
+    assert.ok(chunks.every((c, i) => c.seq === i && (c.data as { i: number }).i === i));
+    assert.deepEqual(await host.call(P, 'echo', 'after', S), 'after', 'the replaced process serves new streams');
+  });
+
+  test('a plugin that doubles a string forever ends with a coded error; the host goes on', async (t) => {
+    const host = await open(t, { isolates: { processes: 1 } });
+    const failed = await outcome(host.stream(P, 'doubler', {}, { ...S, limits: { memoryMb: 32 } }));
+    assert.ok(['ERR_PLUGIN_THREW', 'ERR_LIMIT_MEMORY', 'ERR_SANDBOX_CRASHED'].includes(failed.error?.code ?? ''), failed.error?.message);
+    assert.deepEqual(await host.call(P, 'echo', 'alive', S), 'alive');
+  });
+
+  test('isolate plugins reach no Node API', async (t) => {
+    const host = await open(t, { isolates: { processes: 1 } });
+    assert.deepEqual(await host.call(P, 'probe', {}, S), { require: 'undefined', process: 'undefined', ivm: 'undefined', fetch: 'undefined' });
+  });
+});

@@ -41,20 +41,3 @@ export async function outcome<T>(stream: SluiceStream<T>): Promise<{ chunks: Chu
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Resolve when `predicate` holds, checking on each event the emitter fires, with a deadline. */
-export function once<T>(emitter: { on(e: string, l: (v: T) => void): unknown; off(e: string, l: (v: T) => void): unknown }, event: string, predicate: (v: T) => boolean, deadlineMs = 10_000): Promise<T> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      emitter.off(event, listener);
-      reject(new Error(`no matching '${event}' event within ${deadlineMs} ms`));
-    }, deadlineMs);
-    const listener = (v: T): void => {
-      if (!predicate(v)) return;
-      clearTimeout(timer);
-      emitter.off(event, listener);
-      resolve(v);
-    };
-    emitter.on(event, listener);
-  });
-}

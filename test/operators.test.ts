@@ -686,11 +686,11 @@ describe('cancellation with a signal', () => {
     const signal = ac.signal;
     const add = signal.addEventListener.bind(signal);
     const remove = signal.removeEventListener.bind(signal);
-    signal.addEventListener = ((type: string, l: EventListener, o?: AddEventListenerOptions) => {
+    signal.addEventListener = ((type: string, l: (e: Event) => void, o?: { once?: boolean }) => {
       listeners++;
       add(type, l, o);
     }) as typeof signal.addEventListener;
-    signal.removeEventListener = ((type: string, l: EventListener) => {
+    signal.removeEventListener = ((type: string, l: (e: Event) => void) => {
       listeners--;
       remove(type, l);
     }) as typeof signal.removeEventListener;
@@ -715,7 +715,7 @@ describe('cancellation with a signal', () => {
     const ac = new AbortController();
     let removed = 0;
     const remove = ac.signal.removeEventListener.bind(ac.signal);
-    ac.signal.removeEventListener = ((t: string, l: EventListener) => {
+    ac.signal.removeEventListener = ((t: string, l: (e: Event) => void) => {
       removed++;
       remove(t, l);
     }) as typeof ac.signal.removeEventListener;
@@ -810,12 +810,13 @@ describe('bounded memory with a fast infinite source and a slow consumer', () =>
 });
 
 describe('typing', () => {
-  test('pipe infers types through a chain of operators', async () => {
+  test('pipe types a chain: the first stage is inferred from the source, later ones check against the previous output', async () => {
     const chunks = new Src([{ seq: 0, data: { n: 1 } }]);
+    // TypeScript does not infer a generic stage's parameter from the previous generic stage, so later stages annotate it.
     const doubled: AsyncIterable<number> = pipe(
       chunks,
       map((c) => c.data.n),
-      map((n) => n * 2),
+      map((n: number) => n * 2),
     );
     const asText: Operator<number, string> = map((n) => `#${n}`);
     assert.deepEqual(await toArray(pipe(doubled, asText)), ['#2']);

@@ -19,7 +19,7 @@ import * as Comlink from 'comlink';
 import { assertInteger } from '../../protocol/assert.js';
 import { SluiceError, fromWireError, toWireError } from '../../protocol/errors.js';
 import { parseFromSandbox, parseWireError, type StartSpec, type ToSandbox } from '../../protocol/messages.js';
-import type { HostToProcess, OutItem, ProcessApi, ProcessStats, ProcessToHost } from '../../sandbox/isolate/process.js';
+import type { HostToProcess, OutItem, ProcessApi, ProcessStats, ProcessToHost, DescribeOutcome } from '../../sandbox/isolate/process.js';
 import type { BundledPlugin, PluginDescription, PoolStats, SandboxEvents, SandboxHandle, SandboxPool } from './types.js';
 
 export interface IsolatePoolOptions {
@@ -294,7 +294,7 @@ export class IsolatePool implements SandboxPool {
     const slot = this.#leastLoaded();
     const { describeTimeoutMs, describeMemoryMb } = this.#options;
     // The process enforces the timeout itself; this one covers a process that hangs.
-    const outcome = await slot.call(
+    const outcome = await slot.call<DescribeOutcome>(
       (remote) => remote.describe(plugin.script, { memoryMb: describeMemoryMb, timeoutMs: describeTimeoutMs }),
       describeTimeoutMs + this.#options.heartbeatTimeoutMs,
       () => new SluiceError('ERR_SANDBOX_UNRESPONSIVE', `Isolate sandbox process did not answer describe within ${describeTimeoutMs} ms`),

@@ -484,10 +484,12 @@ class SandboxProcess {
   }
 
   async compile(isolate: ivm.Isolate, plugin: PluginScript): Promise<ivm.Script> {
+    // isolated-vm sets these on a compiled Script, but its typings leave them out.
+    type CachingScript = ivm.Script & { cachedData?: ivm.ExternalCopy<ArrayBuffer>; cachedDataRejected?: boolean };
     const cached = this.codeCache.get(plugin.id);
     const filename = `file:///sluice-plugin/${encodeURIComponent(plugin.name)}.js`;
     if (cached !== undefined) {
-      const script = await isolate.compileScript(plugin.script, { filename, cachedData: cached });
+      const script: CachingScript = await isolate.compileScript(plugin.script, { filename, cachedData: cached });
       if (script.cachedDataRejected !== true) {
         // Refresh its LRU position.
         this.codeCache.delete(plugin.id);
@@ -496,7 +498,7 @@ class SandboxProcess {
       }
       this.codeCache.delete(plugin.id);
     }
-    const script = await isolate.compileScript(plugin.script, { filename, produceCachedData: true });
+    const script: CachingScript = await isolate.compileScript(plugin.script, { filename, produceCachedData: true });
     if (script.cachedData !== undefined) {
       this.codeCache.set(plugin.id, script.cachedData);
       for (const key of this.codeCache.keys()) {
