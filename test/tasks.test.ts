@@ -480,6 +480,34 @@ test('cancelling a task during its retry backoff ends the wait at once', async (
   assert.equal(info.tasks[0]!.attempts.length, 1);
 });
 
+test('a durable stream task on the real host: each retry resumes or says why not, and each seq arrives once', async (t) => {
+  const file = await counterFile(t);
+  const data = await mkdtemp(join(tmpdir(), 'sluice-tasks-store-'));
+  t.after(() => rm(data, { recursive: true, force: true }));
+  // Host-level retries off, so the graph's own retry policy is what runs.
+  const host = await openHost(t, { dataDir: data, retries: { max: 0 } });
+  const { info, graph } = await run(host, {
+    tasks: [
+      {
+        id: 'd',
+        kind: 'stream',
+        plugin: FIX,
+        action: 'flaky',
+        sandbox: 'worker',
+        durability: 'checkpoint',
+        params: { counterFile: file, failTimes: 2, mode: 'crash', checkpoint: true },
+        retry: { max: 3, backoffMs: 5 },
+      },
+    ],
+  });
+  const d = info.tasks[0]!;
+  assert.equal(d.status, 'done', JSON.stringify(d.error));
+  assert.equal(d.attempts.length, 3);
+  assert.equal(d.attempts[0]!.checkpoint, 1, 'the checkpoint before the crash was seen');
+  for (const a of d.attempts.slice(1)) assert.ok(a.resumedFrom !== undefined || a.resumeError !== undefined, `attempt ${a.attempt} neither resumed nor said why`);
+  assert.deepEqual((graph.output('d') as { i: number }[]).map((x) => x.i), [0, 1, 2]);
+});
+
 test('a sink takes a stream task’s chunks in order, with backpressure; a throwing sink fails the task', async (t) => {
   const host = await openHost(t);
   const seen: number[] = [];

@@ -368,6 +368,7 @@ export class TaskGraph extends EventEmitter implements AsyncDisposable {
       },
       checkpoint: (streamId: string, seq: number) => {
         rec.checkpoint = { streamId, seq };
+        attempt.checkpoint = seq;
       },
       resumeFailed: (error: SluiceError) => {
         delete attempt.resumedFrom;

@@ -47,6 +47,8 @@ export interface AttemptInfo {
   bytes: number;
   /** The checkpoint seq this attempt resumed from, when it resumed rather than restarted. */
   resumedFrom?: number;
+  /** The last checkpoint seq the plugin stored during this attempt. */
+  checkpoint?: number;
   /** Why the host could not resume, when the attempt restarted instead. */
   resumeError?: ErrorInfo;
 }
