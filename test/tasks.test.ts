@@ -508,7 +508,7 @@ test('a durable stream task on the real host: each retry resumes or says why not
   assert.deepEqual((graph.output('d') as { i: number }[]).map((x) => x.i), [0, 1, 2]);
 });
 
-test('a sink takes a stream task’s chunks in order, with backpressure; a throwing sink fails the task', async (t) => {
+test('a sink takes a stream task’s chunks in order (awaited per chunk); a throwing sink fails the task', async (t) => {
   const host = await openHost(t);
   const seen: number[] = [];
   const { info, graph } = await run(
