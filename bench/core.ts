@@ -23,14 +23,18 @@
  *   loaded on every thread, threads started): the time from `host.stream()` to the
  *   first chunk reaching the consumer, as `overriddenDuration`; the rest of the stream
  *   (its end, the thread going free) is outside the sample.
- * - `worker_rss_growth_mb` / `unbounded_rss_growth_mb`: the host's peak RSS during the
- *   windowed / unbounded worker runs over its RSS before them, sampled every 25 ms.
+ * - `worker_rss_growth_mb` / `unbounded_rss_growth_mb`: the host's peak RSS during a
+ *   windowed / unbounded worker run over its RSS at the run's start (after a forced GC),
+ *   sampled every 25 ms, the largest over the rounds. Every contender run starts after a
+ *   forced GC, so nobody pays for the previous run's garbage.
  *
  * Run through the runner (`npm run bench -- --only core`) or `await benchCore()`.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { Bench, type Task } from 'tinybench';
@@ -71,6 +75,7 @@ async function race(contenders: Contender[], rounds: number): Promise<void> {
   for (let r = 0; r < rounds; r++) {
     for (let k = 0; k < contenders.length; k++) {
       const c = contenders[(r + k) % contenders.length]!;
+      collectGarbage();
       c.ms.push(await c.run());
     }
   }
@@ -103,23 +108,40 @@ class Tally {
   }
 }
 
-/** Peak RSS while `active`, sampled on a timer (the consumer runs on this thread, so samples land between batches). */
-class RssPeak {
+/**
+ * RSS growth of the host during a run: peak RSS sampled every RSS_SAMPLE_MS over the RSS
+ * at the run's start (just after a forced GC), the largest over all runs measured.
+ * Garbage not yet collected counts: it is memory the host holds.
+ */
+class RssGrowth {
   #timer: NodeJS.Timeout | undefined;
-  peak = 0;
+  #base = 0;
+  #peak = 0;
+  growth = 0;
   start(): void {
-    this.peak = Math.max(this.peak, process.memoryUsage.rss());
+    this.#base = this.#peak = process.memoryUsage.rss();
     this.#timer = setInterval(() => {
-      this.peak = Math.max(this.peak, process.memoryUsage.rss());
+      this.#peak = Math.max(this.#peak, process.memoryUsage.rss());
     }, RSS_SAMPLE_MS);
   }
   stop(): void {
     clearInterval(this.#timer);
-    this.peak = Math.max(this.peak, process.memoryUsage.rss());
+    this.#peak = Math.max(this.#peak, process.memoryUsage.rss());
+    this.growth = Math.max(this.growth, this.#peak - this.#base);
   }
 }
 
-async function hostRun(host: Sluice, sandbox: SandboxKind, count: number, window: Window, rss?: RssPeak): Promise<number> {
+/**
+ * A full GC between runs, so one contender's garbage is not collected on the next one's
+ * clock. The runner cannot pass --expose-gc (package.json fixes its flags); V8 takes it at runtime.
+ */
+const collectGarbage: () => void = (() => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as unknown;
+  return typeof gc === 'function' ? (gc as () => void) : () => undefined;
+})();
+
+async function hostRun(host: Sluice, sandbox: SandboxKind, count: number, window: Window, rss?: RssGrowth): Promise<number> {
   const tally = new Tally();
   rss?.start();
   const start = performance.now();
@@ -329,26 +351,23 @@ export async function benchCore(): Promise<Record<string, number>> {
     await rawWorkerRun(rawPool, 20_000);
     log(`worker: ${CHUNKS} chunks of ${CHUNK_BYTES} B, raw batch ${RAW_BATCH}, window ${WINDOWED.chunks} chunks / ${WINDOWED.bytes} B, ${ROUNDS} rounds`);
 
-    const rss = new RssPeak();
-    const rssBefore = process.memoryUsage.rss();
+    const rss = new RssGrowth();
     const worker: Contender = { name: 'worker', ms: [], run: () => hostRun(host, 'worker', CHUNKS, WINDOWED, rss) };
     const raw: Contender = { name: 'raw', ms: [], run: () => rawWorkerRun(rawPool, CHUNKS) };
     await race([worker, raw], ROUNDS);
-    const workerPeak = rss.peak;
     figures.worker_chunks_per_s = perS(CHUNKS, worker.ms);
     figures.raw_chunks_per_s = perS(CHUNKS, raw.ms);
     figures.worker_vs_raw = round3(medianRatio(worker.ms, raw.ms));
     log(`worker ${figures.worker_chunks_per_s}/s, raw MessagePort ${figures.raw_chunks_per_s}/s (ms per round: ${worker.ms.map(Math.round).join(' ')} vs ${raw.ms.map(Math.round).join(' ')})`);
 
     const windowed: Contender = { name: 'window 256', ms: [], run: () => hostRun(host, 'worker', CHUNKS, WINDOWED) };
-    const unboundedRss = new RssPeak();
+    const unboundedRss = new RssGrowth();
     const unbounded: Contender = { name: 'unbounded', ms: [], run: () => hostRun(host, 'worker', CHUNKS, UNBOUNDED, unboundedRss) };
-    const rssBeforeUnbounded = process.memoryUsage.rss();
     await race([windowed, unbounded], ROUNDS);
     figures.credit_window_vs_unbounded = round3(medianRatio(windowed.ms, unbounded.ms));
     figures.unbounded_chunks_per_s = perS(CHUNKS, unbounded.ms);
-    figures.worker_rss_growth_mb = round3(Math.max(0, workerPeak - rssBefore) / MB);
-    figures.unbounded_rss_growth_mb = round3(Math.max(0, unboundedRss.peak - rssBeforeUnbounded) / MB);
+    figures.worker_rss_growth_mb = round3(rss.growth / MB);
+    figures.unbounded_rss_growth_mb = round3(unboundedRss.growth / MB);
     log(`window 256 ${perS(CHUNKS, windowed.ms)}/s vs unbounded ${figures.unbounded_chunks_per_s}/s; RSS growth ${figures.worker_rss_growth_mb} MB windowed, ${figures.unbounded_rss_growth_mb} MB unbounded`);
 
     const workerFirst = await firstChunk(host, 'worker');
