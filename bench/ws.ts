@@ -1,0 +1,372 @@
+/**
+ * Question: what does the sluice server cost on top of a bare uWS socket, and what
+ * does uWS buy over a `ws` server in front of the same host?
+ *
+ * Three servers deliver the same stream of `chunks` frames (sluice.v1) to 100 `ws`
+ * clients in a separate process (bench/ws-load.ts), each client starting its own
+ * stream and returning credit like the SDK:
+ * - e2e: `startServer` over a synthetic in-process host (a plugin stand-in that yields
+ *   ready chunks; the sandbox hop is measured elsewhere, this isolates the server);
+ * - raw uWS: a bare uWS app pushing pre-serialised frames of the same size and batch
+ *   composition, with plain drain-based backpressure and no protocol;
+ * - ws host: the same host and protocol behind a `ws` WebSocketServer.
+ * Reported as ratios of chunks per second. Then 1,000 sockets held on one server with
+ * the server process's RSS.
+ *
+ * Export `benchWs()`; run directly with `node dist/bench/ws.js`. Knobs (env):
+ * BENCH_WS_CHUNKS (chunks per client, default 20000), BENCH_WS_WINDOW (client credit
+ * window, default 1024), BENCH_WS_SERVER (JSON server options merged in),
+ * BENCH_WS_ONLY=e2e (skip the baselines), BENCH_WS_DEBUG (print CPU and frame counts).
+ *
+ * What the ratios mean: the raw baseline sends pre-serialised frames, so it does no
+ * per-chunk work at all; the e2e server JSON-encodes every chunk (about half its CPU),
+ * keeps it in the fan-out ring and paces it by credit and watermarks. With ~250 chunks
+ * per frame the transport cost is amortised, so uWS's edge over `ws` barely shows.
+ */
+import { spawn } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import { fileURLToPath } from 'node:url';
+import type { AddressInfo, Socket } from 'node:net';
+import { Gauge, Registry } from 'prom-client';
+import { WebSocketServer, type WebSocket as WsSocket } from 'ws';
+import { SluiceError } from '../protocol/errors.js';
+import type { Chunk, PluginInfo, ReadEvent, SluiceStream, StreamOptions, StreamResult, StreamStatus, Progress } from '../host/types.js';
+import type { ServerHost, ServerStreamInfo } from '../host/server/types.js';
+import { startServer } from '../host/server/server.js';
+import { createToken } from '../host/server/auth.js';
+import { loadNativeUws } from '../host/server/native.js';
+import { chunksFrameText, encodeChunkJson } from '../host/server/subscription.js';
+
+const CLIENTS = 100;
+const CHUNKS_PER_CLIENT = Number(process.env.BENCH_WS_CHUNKS ?? 20_000);
+const WINDOW = Number(process.env.BENCH_WS_WINDOW ?? 1024);
+const HOLD_CLIENTS = 1000;
+const SECRET = 'bench-secret-0123456789-abcdefghijklmnop';
+const PAYLOAD = 'x'.repeat(64);
+const LOAD_SCRIPT = fileURLToPath(new URL('./ws-load.js', import.meta.url));
+const DEADLINE_MS = 20_000;
+const MIB = 1024 * 1024;
+
+// ---- a synthetic host: the plugin stand-in ------------------------------------------
+
+class SyntheticStream extends EventEmitter implements SluiceStream {
+  readonly plugin = 'synthetic';
+  readonly action = 'emit';
+  status: StreamStatus = 'running';
+  readonly progress: Progress | undefined = undefined;
+  readonly result: Promise<StreamResult>;
+  #resolve!: (r: StreamResult) => void;
+  #seq = 0;
+  constructor(
+    readonly id: string,
+    readonly n: number,
+  ) {
+    super();
+    this.result = new Promise((r) => (this.#resolve = r));
+  }
+  [Symbol.asyncIterator](): AsyncIterator<Chunk> {
+    return {
+      next: () => {
+        if (this.#seq >= this.n) {
+          if (this.status === 'running') {
+            this.status = 'done';
+            this.#resolve({ status: 'done', chunks: this.n, bytes: 0 });
+          }
+          return Promise.resolve({ value: undefined, done: true });
+        }
+        const seq = this.#seq++;
+        return Promise.resolve({ value: { seq, data: { i: seq, payload: PAYLOAD } }, done: false });
+      },
+      return: async () => {
+        void this.cancel();
+        return { value: undefined, done: true };
+      },
+    };
+  }
+  async cancel(): Promise<StreamResult> {
+    if (this.status === 'running') {
+      this.status = 'cancelled';
+      this.#resolve({ status: 'cancelled', chunks: this.#seq, bytes: 0, error: new SluiceError('ERR_CANCELLED') });
+    }
+    return this.result;
+  }
+}
+
+/** Ticks one chunk every `ms` forever (for the held connections). */
+class TickingStream extends SyntheticStream {
+  override [Symbol.asyncIterator](): AsyncIterator<Chunk> {
+    let seq = 0;
+    return {
+      next: () => new Promise((resolve) => setTimeout(() => resolve({ value: { seq: seq++, data: { tick: seq } }, done: false }), 50)),
+      return: async () => ({ value: undefined, done: true }),
+    };
+  }
+}
+
+class SyntheticHost implements ServerHost {
+  readonly metricsRegistry = new Registry();
+  readonly epoch = 'bench';
+  readonly #streams = new Map<string, SyntheticStream>();
+  #next = 0;
+  constructor() {
+    new Gauge({ name: 'bench_host', help: 'bench', registers: [this.metricsRegistry] });
+  }
+  plugins(): PluginInfo[] {
+    return [{ name: 'synthetic', version: '1.0.0', sandbox: 'worker', path: '/bench', manifest: { name: 'synthetic', version: '1.0.0' }, actions: { emit: { kind: 'stream' }, tick: { kind: 'stream' } } }];
+  }
+  stream(_plugin: string, action: string, params?: unknown, options: StreamOptions = {}): SluiceStream {
+    const id = options.id ?? `s${this.#next++}`;
+    const n = (params as { n?: number } | undefined)?.n ?? 0;
+    const s = action === 'tick' ? new TickingStream(id, 0) : new SyntheticStream(id, n);
+    this.#streams.set(id, s);
+    void s.result.then(() => this.#streams.delete(id));
+    return s;
+  }
+  getStream(id: string): SluiceStream | undefined {
+    return this.#streams.get(id);
+  }
+  read(): AsyncIterable<ReadEvent> {
+    throw new SluiceError('ERR_STREAM_NOT_FOUND');
+  }
+  async streamInfo(id: string): Promise<ServerStreamInfo | undefined> {
+    const s = this.#streams.get(id);
+    return s === undefined ? undefined : { id, plugin: s.plugin, action: s.action, status: s.status, durability: 'none', chunks: 0 };
+  }
+  async close(): Promise<void> {}
+}
+
+// ---- the load process --------------------------------------------------------------
+
+interface LoadResult {
+  chunks: number;
+  frames: number;
+  ms: number;
+}
+
+function runLoad(url: string, token: string): Promise<LoadResult> {
+  return new Promise((resolve, reject) => {
+    const spec = { mode: 'load', url, token, clients: CLIENTS, chunks: CHUNKS_PER_CLIENT, window: WINDOW, deadlineMs: DEADLINE_MS };
+    const child = spawn(process.execPath, [LOAD_SCRIPT, JSON.stringify(spec)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.on('exit', () => {
+      try {
+        const r = JSON.parse(out.trim()) as LoadResult & { error?: string };
+        if (r.error !== undefined) reject(new Error(r.error));
+        else resolve(r);
+      } catch (err) {
+        reject(new Error(`load process output: ${out} (${String(err)})`));
+      }
+    });
+  });
+}
+
+// ---- baseline: bare uWS ------------------------------------------------------------
+
+async function rawUws(chunksPerFrame: number): Promise<{ url: string; close(): void }> {
+  const uws = loadNativeUws();
+  const jsons: string[] = [];
+  for (let i = 0; i < CHUNKS_PER_CLIENT; i++) jsons.push(encodeChunkJson({ i, payload: PAYLOAD }));
+  const frames: string[] = [];
+  for (let seq = 0; seq < CHUNKS_PER_CLIENT; seq += chunksPerFrame) frames.push(chunksFrameText(1, seq, jsons.slice(seq, seq + chunksPerFrame)));
+  const END = '{"type":"end","sub":1,"status":"done"}';
+  const HIGH = 256 * 1024;
+  interface State {
+    next: number;
+    ws?: unknown;
+  }
+  const pump = (ws: { send(m: string): number; getBufferedAmount(): number; getUserData(): State }): void => {
+    const st = ws.getUserData();
+    while (st.next < frames.length && ws.getBufferedAmount() < HIGH) ws.send(frames[st.next++]!);
+    if (st.next === frames.length) {
+      st.next++;
+      ws.send(END);
+    }
+  };
+  const app = uws.App().ws<State>('/ws', {
+    maxPayloadLength: 64 * 1024,
+    maxBackpressure: 64 * MIB,
+    upgrade: (res, req, ctx) => {
+      res.upgrade<State>({ next: 0 }, req.getHeader('sec-websocket-key'), 'sluice.v1', req.getHeader('sec-websocket-extensions'), ctx);
+    },
+    message: (ws, msg) => {
+      if (Buffer.from(msg).toString('latin1', 0, 14) === '{"type":"start') pump(ws);
+    },
+    drain: (ws) => pump(ws),
+  });
+  const port = await new Promise<number>((resolve, reject) =>
+    app.listen('127.0.0.1', 0, (ls) => (ls === false ? reject(new Error('listen')) : resolve(uws.us_socket_local_port(ls as never)))),
+  );
+  return { url: `ws://127.0.0.1:${port}/ws`, close: () => (app as unknown as { close(): void }).close() };
+}
+
+// ---- baseline: the same host behind `ws` -------------------------------------------
+
+async function wsHost(host: ServerHost): Promise<{ url: string; close(): Promise<void> }> {
+  const server: Server = createServer();
+  const wss = new WebSocketServer({ server, path: '/ws', perMessageDeflate: false, handleProtocols: () => 'sluice.v1' });
+  const HIGH = 256 * 1024;
+  const LOW = 64 * 1024;
+  wss.on('connection', (ws: WsSocket) => {
+    let credit = 0;
+    let wake: (() => void) | undefined;
+    const socket = (ws as unknown as { _socket: Socket })._socket;
+    socket.on('drain', () => {
+      if (ws.bufferedAmount <= LOW) wake?.();
+    });
+    const waitForDemand = (): Promise<void> => new Promise((r) => (wake = r));
+    ws.on('message', (data: Buffer) => {
+      const frame = JSON.parse(data.toString()) as { type: string; n?: number; params?: unknown; credit?: number };
+      if (frame.type === 'credit') {
+        credit += frame.n ?? 0;
+        wake?.();
+      } else if (frame.type === 'start') {
+        credit += frame.credit ?? 0;
+        const stream = host.stream('synthetic', 'emit', frame.params);
+        void (async () => {
+          const it = stream[Symbol.asyncIterator]();
+          let batch: string[] = [];
+          let first = 0;
+          const flush = (): void => {
+            if (batch.length === 0) return;
+            ws.send(chunksFrameText(1, first, batch));
+            batch = [];
+          };
+          for (;;) {
+            if (credit === 0 || ws.bufferedAmount > HIGH) {
+              flush();
+              await waitForDemand();
+              continue;
+            }
+            const r = await it.next();
+            if (r.done === true) break;
+            if (batch.length === 0) first = r.value.seq;
+            batch.push(encodeChunkJson(r.value.data));
+            credit--;
+            if (batch.length >= 256) flush();
+          }
+          flush();
+          ws.send('{"type":"end","sub":1,"status":"done"}');
+        })();
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const port = (server.address() as AddressInfo).port;
+  return {
+    url: `ws://127.0.0.1:${port}/ws`,
+    close: () =>
+      new Promise<void>((r) => {
+        for (const c of wss.clients) c.terminate();
+        wss.close();
+        server.close(() => r());
+      }),
+  };
+}
+
+// ---- held connections --------------------------------------------------------------
+
+async function holdClients(url: string, token: string, streamId: string): Promise<{ ready: Promise<void>; release(): Promise<void> }> {
+  const spec = { mode: 'hold', url, token, clients: HOLD_CLIENTS, chunks: 0, window: 4, streamId, deadlineMs: DEADLINE_MS };
+  const child = spawn(process.execPath, [LOAD_SCRIPT, JSON.stringify(spec)], { stdio: ['pipe', 'pipe', 'inherit'] });
+  const ready = new Promise<void>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error('hold: clients did not open in time')), DEADLINE_MS);
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('\n')) {
+        clearTimeout(timer);
+        const r = JSON.parse(out.trim()) as { open?: number; error?: string };
+        if (r.open === HOLD_CLIENTS) resolve();
+        else reject(new Error(`hold: ${out}`));
+      }
+    });
+  });
+  return {
+    ready,
+    release: () =>
+      new Promise<void>((resolve) => {
+        child.on('exit', () => resolve());
+        child.stdin.end();
+      }),
+  };
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export async function benchWs(): Promise<Record<string, number>> {
+  const token = await createToken(SECRET, { plugins: ['*'], streams: ['*'] });
+  const host = new SyntheticHost();
+
+  // e2e first: its average batch size shapes the raw baseline's frames.
+  const extra = process.env.BENCH_WS_SERVER === undefined ? {} : (JSON.parse(process.env.BENCH_WS_SERVER) as object);
+  const server = await startServer(host, { host: '127.0.0.1', port: 0, secret: SECRET, maxConnections: 5000, idleTimeoutMs: 0, rateLimit: { burst: 1000, perSecond: 10_000 }, ...extra });
+  await runLoad(server.wsUrl, token); // warm-up
+  const cpu0 = process.cpuUsage();
+  const e2e = await runLoad(server.wsUrl, token);
+  if (process.env.BENCH_WS_DEBUG !== undefined) {
+    const cpu = process.cpuUsage(cpu0);
+    console.error(`e2e: ${e2e.ms.toFixed(0)} ms, server cpu ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, client cpu ${String((e2e as unknown as { cpuMs: number }).cpuMs)} ms, frames ${e2e.frames}`);
+  }
+  const metrics = await server.metrics.metrics();
+  const framesOut = Number(/sluice_server_frames_out_total\{type="chunks"\} (\d+)/.exec(metrics)?.[1] ?? 0);
+  const chunksOut = Number(/sluice_server_chunks_out_total (\d+)/.exec(metrics)?.[1] ?? 0);
+  const chunksPerFrame = Math.max(1, Math.round(chunksOut / Math.max(1, framesOut)));
+  if (process.env.BENCH_WS_DEBUG !== undefined) console.error(metrics.split('\n').filter((l) => /pauses|frames_out|frames_in/.test(l)).join('\n'));
+
+  if (process.env.BENCH_WS_ONLY === 'e2e') {
+    await server.close();
+    return { ws_e2e_chunks_per_s: Math.round(e2e.chunks / (e2e.ms / 1000)) };
+  }
+  const raw = await rawUws(chunksPerFrame);
+  await runLoad(raw.url, token);
+  const rawResult = await runLoad(raw.url, token);
+  raw.close();
+
+  const viaWs = await wsHost(host);
+  await runLoad(viaWs.url, token);
+  const wsResult = await runLoad(viaWs.url, token);
+  await viaWs.close();
+
+  // 1,000 held sockets, each subscribed to one ticking stream.
+  const ticking = host.stream('synthetic', 'tick', {}, { id: 'ticking' });
+  void ticking;
+  const hub = server;
+  global.gc?.();
+  await sleep(200);
+  const rssBefore = process.memoryUsage().rss;
+  // The stream must be known to the server: subscribe goes through host.getStream.
+  const held = await holdClients(hub.wsUrl, token, 'ticking');
+  await held.ready;
+  await sleep(1000);
+  const samples: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    samples.push(process.memoryUsage().rss);
+    await sleep(200);
+  }
+  const connections = server.connectionCount;
+  await held.release();
+  await server.close();
+
+  const rate = (r: LoadResult): number => r.chunks / (r.ms / 1000);
+  const e2eRate = rate(e2e);
+  return {
+    ws_e2e_chunks_per_s: Math.round(e2eRate),
+    ws_raw_uws_chunks_per_s: Math.round(rate(rawResult)),
+    ws_ws_host_chunks_per_s: Math.round(rate(wsResult)),
+    ws_e2e_chunks_per_frame: chunksPerFrame,
+    ws_e2e_vs_raw_uws: Number((e2eRate / rate(rawResult)).toFixed(3)),
+    ws_e2e_vs_ws_host: Number((e2eRate / rate(wsResult)).toFixed(3)),
+    clients_1000_connected: connections,
+    clients_1000_rss_mib: Number((Math.max(...samples) / MIB).toFixed(1)),
+    clients_1000_rss_delta_mib: Number(((Math.max(...samples) - rssBefore) / MIB).toFixed(1)),
+    clients_1000_rss_spread_mib: Number(((Math.max(...samples) - Math.min(...samples)) / MIB).toFixed(1)),
+  };
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const t0 = performance.now();
+  const result = await benchWs();
+  console.log(JSON.stringify({ ...result, bench_ws_seconds: Number(((performance.now() - t0) / 1000).toFixed(1)) }, null, 2));
+}
