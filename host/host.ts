@@ -89,6 +89,9 @@ interface DurableState {
   restart: ((resume: Resume | undefined, startSeq: number) => Promise<void>) | undefined;
   /** Checkpoint writes in flight, so the stream's end is stored after them. */
   checkpoints: Promise<unknown>;
+  /** Resolves once the stream's record is in the store (readers of a just-started stream wait for it). */
+  recorded: Promise<void>;
+  markRecorded(): void;
 }
 
 const DEFAULTS = Object.freeze({
@@ -324,7 +327,14 @@ export class Sluice implements AsyncDisposable {
   read(id: string, options: { fromSeq?: number; epoch?: string; signal?: AbortSignal } = {}): AsyncIterable<ReadEvent> {
     const store = this.#e.store;
     if (store === undefined) throw new SluiceError('ERR_STREAM_NOT_FOUND', `No durable stream \`${id}\` (this host has no data folder)`);
-    return store.read(id, options);
+    const live = this.#live.get(id) as HostStream | undefined;
+    const recorded = live === undefined ? undefined : this.#durable.get(live)?.recorded;
+    if (recorded === undefined) return store.read(id, options);
+    // Just started: its record is on its way to the store.
+    return (async function* () {
+      await recorded;
+      yield* store.read(id, options);
+    })();
   }
 
   /** A stream's state: live ones from memory, durable ones from the store. */
@@ -391,8 +401,12 @@ export class Sluice implements AsyncDisposable {
         durability === 'log'
           ? { append: (first, chunks) => store.appendChunks(id, first, chunks as ChunkData[]), read: (fromSeq, signal) => store.read(id, { fromSeq, signal }) }
           : undefined;
-      const d: DurableState = { store, durability, log, attempts: 0, retryTimer: undefined, restart: undefined, checkpoints: Promise.resolve() };
+      let recorded!: () => void;
+      const d: DurableState = { store, durability, log, attempts: 0, retryTimer: undefined, restart: undefined, checkpoints: Promise.resolve(), recorded: new Promise<void>((r) => (recorded = r)), markRecorded: () => recorded() };
       this.#durable.set(stream, d);
+      if (log !== undefined) stream.useLog(log);
+      if (resuming !== undefined) d.markRecorded();
+      void stream.result.then(() => d.markRecorded());
       stream.on('checkpoint', ({ seq, state }) => {
         d.checkpoints = store.putCheckpoint({ streamId: id, seq, state: state as ChunkData }).catch((err: unknown) => this.#e.logger.error({ err, stream: id }, 'checkpoint write failed'));
       });
@@ -460,18 +474,19 @@ export class Sluice implements AsyncDisposable {
           if (options.priority !== undefined) saved.priority = options.priority;
           const retention = options.retention ?? e.options.store?.retention;
           await d.store.createStream({ id: stream.id, plugin: stream.plugin, action: stream.action, params: input as ChunkData, options: saved, durability: d.durability, ...(retention !== undefined ? { retention } : {}), status: 'queued' });
+          d.markRecorded();
         }
         const cp = d.store.getCheckpoint(stream.id);
         if (cp !== undefined) spec.resume = { seq: cp.seq, state: cp.state };
         const startSeq = cp?.seq ?? 0;
         // In log mode the log says what readers had; otherwise nobody had anything past the checkpoint.
         const tail = d.log !== undefined ? d.store.logTail(stream.id) : startSeq;
-        stream.setup({ limits: effective, window: spec.window, startSeq, tail, ...(d.log !== undefined ? { log: d.log } : {}) });
+        stream.setup({ limits: effective, window: spec.window, startSeq, tail });
         d.restart = async (resume, seq) => {
           const retrySpec: StartSpec = { ...spec };
           if (resume === undefined) delete retrySpec.resume;
           else retrySpec.resume = resume;
-          stream.setup({ limits: effective, window: spec.window, startSeq: seq, tail: stream.tail, ...(d.log !== undefined ? { log: d.log } : {}) });
+          stream.setup({ limits: effective, window: spec.window, startSeq: seq, tail: stream.tail });
           const bundle = await record.bundle(kind);
           stream.attach(await e.pools[kind]!.start(bundle, retrySpec, stream));
         };

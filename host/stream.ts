@@ -72,8 +72,6 @@ export interface StreamSetup {
    * plugin re-produces chunks from its checkpoint; those below the tail are dropped.
    */
   tail?: number;
-  /** `log` durability: the log is the consumer (credit returns on commit) and readers read it. */
-  log?: DurableLog;
 }
 
 export class HostStream extends EventEmitter implements SluiceStream, SandboxEvents {
@@ -94,6 +92,13 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   #chainDepth = 0;
   /** Aborts the log reader of this stream's own iterator when the stream ends unpersisted. */
   readonly #readAbort = new AbortController();
+  /** Resolves once `setup` ran (or the stream failed before it): a log reader then knows where to start. */
+  #setupDone!: () => void;
+  readonly #ready = new Promise<void>((resolve) => {
+    this.#setupDone = resolve;
+  });
+  /** Tail when this run was set up: this stream's own consumer reads the log from here. */
+  #firstTail = 0;
   #chunks = 0;
   #bytes = 0;
   #kind: ActionKind | undefined;
@@ -164,7 +169,13 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     this.#ledger = new CreditLedger(setup.window);
     this.#expectedSeq = setup.startSeq;
     this.#tail = setup.tail ?? setup.startSeq;
-    this.#log = setup.log;
+    if (!this.#started) this.#firstTail = this.#tail;
+    this.#setupDone();
+  }
+
+  /** `log` durability, decided when the stream is created so its iterator knows what to read. */
+  useLog(log: DurableLog): void {
+    this.#log = log;
   }
 
   /** Seq of the first chunk no consumer has had: where a resume starts dropping repeats. */
@@ -188,6 +199,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
 
   /** The stream failed before it reached a sandbox (bad plugin, params, closed host). */
   failBeforeStart(error: SluiceError): void {
+    this.#setupDone();
     this.#decide({ status: error.code === 'ERR_CANCELLED' ? 'cancelled' : 'failed', error });
     this.exit(undefined);
   }
@@ -468,8 +480,13 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
       this.emit('demand');
     }
     let done = false;
+    await this.#ready;
+    if (this.#outcome !== undefined && !this.#started) {
+      if (this.#outcome.status === 'done') return;
+      throw this.#outcome.error;
+    }
     try {
-      for await (const event of log.read(this.#tail - this.#chunks, this.#readAbort.signal)) {
+      for await (const event of log.read(this.#firstTail, this.#readAbort.signal)) {
         if (event.type === 'chunk') yield { seq: event.seq, data: event.data };
         else if (event.type === 'end') {
           done = true;
