@@ -6,3 +6,7 @@ export type { Chunk, Durability, PluginInfo, Priority, Progress, ReadEvent, Slui
 export { SluiceError, errors, ERROR_CODES, type ErrorCode, type WireError } from '../protocol/errors.js';
 export type { Limits } from '../protocol/limits.js';
 export type { Window } from '../protocol/credit.js';
+export { TaskGraph, parseTaskGraph, type TaskGraphOptions, type TaskHost, type GraphInfo, type TaskInfo, type TaskStatus } from './tasks/index.js';
+export * as operators from './operators/index.js';
+export { parsePipeline, type Pipeline } from '../protocol/pipeline.js';
+export { buildPipeline } from './operators/pipeline.js';

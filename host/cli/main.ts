@@ -8,6 +8,10 @@ import { createRequire } from 'node:module';
 import { EXIT, reportError, usageError } from './common.js';
 import { register as registerRun } from './run.js';
 import { register as registerPlugins } from './plugins.js';
+import { register as registerServe } from './serve.js';
+import { register as registerStreams } from './streams.js';
+import { register as registerTasks } from './tasks.js';
+import { register as registerToken } from './token.js';
 
 const pkg = createRequire(import.meta.url)('../../../package.json') as { version: string };
 
@@ -18,7 +22,11 @@ export function buildProgram(): Command {
     .exitOverride()
     .configureOutput({ writeErr: () => undefined })
     .showHelpAfterError(false);
+  registerServe(program);
   registerRun(program);
+  registerStreams(program);
+  registerTasks(program);
+  registerToken(program);
   registerPlugins(program);
   return program;
 }

@@ -12,7 +12,7 @@ import { Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { LIMIT_NAMES, type Limits } from '../../protocol/limits.js';
 import { Sluice } from '../host.js';
-import type { Durability, StreamOptions } from '../types.js';
+import type { Durability, SluiceStream, StreamOptions } from '../types.js';
 import { CLI_DEFAULTS, EXIT, jsonReplacer, parseJsonOption, parseNonNegativeInt, reportError, usageError } from './common.js';
 
 interface RunOptions {
@@ -91,39 +91,12 @@ async function run(plugin: string, action: string, opts: RunOptions): Promise<nu
     process.once('SIGTERM', onSignal);
     if (options.durability !== undefined) process.stderr.write(`stream ${stream.id}\n`);
 
-    const bar = !json && process.stderr.isTTY ? new cliProgress.SingleBar({ format: ' {bar} {percentage}% | {chunks} chunks | {message}', hideCursor: true, clearOnComplete: true }, cliProgress.Presets.shades_classic) : undefined;
-    let barStarted = false;
-    stream.on('progress', (p) => {
-      if (bar === undefined) return;
-      const payload = { chunks: stream.progress === undefined ? 0 : undefined, message: p.message ?? '' };
-      if (!barStarted) {
-        bar.start(1000, Math.round(p.fraction * 1000), payload);
-        barStarted = true;
-      } else bar.update(Math.round(p.fraction * 1000), payload);
-    });
-    stream.on('log', (l) => {
-      if (!json) process.stderr.write(`[${l.level}] ${l.message}\n`);
-    });
-
-    let count = 0;
     try {
-      for await (const chunk of stream) {
-        count++;
-        if (json) process.stdout.write(`${JSON.stringify({ seq: chunk.seq, data: chunk.data }, jsonReplacer)}\n`);
-        else {
-          if (barStarted) bar?.update({ chunks: count });
-          const text = typeof chunk.data === 'string' ? chunk.data : JSON.stringify(chunk.data, jsonReplacer);
-          if (barStarted) bar?.stop();
-          process.stdout.write(`${text}\n`);
-          barStarted = false;
-        }
-      }
+      await printStream(stream, json);
     } finally {
-      bar?.stop();
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
     }
-    if (json) process.stdout.write(`${JSON.stringify({ done: true, chunks: count })}\n`);
     return EXIT.ok;
   } catch (err) {
     const status = reportError(err, json);
@@ -131,4 +104,40 @@ async function run(plugin: string, action: string, opts: RunOptions): Promise<nu
   } finally {
     await host?.close();
   }
+}
+
+/**
+ * Print a stream's chunks: data lines (human) or NDJSON with a final done line, a
+ * progress bar on a terminal. Throws the stream's error after its chunks.
+ */
+export async function printStream(stream: SluiceStream, json: boolean): Promise<number> {
+  const bar = !json && process.stderr.isTTY ? new cliProgress.SingleBar({ format: ' {bar} {percentage}% | {message}', hideCursor: true, clearOnComplete: true }, cliProgress.Presets.shades_classic) : undefined;
+  let barStarted = false;
+  stream.on('progress', (p) => {
+    if (bar === undefined) return;
+    if (!barStarted) {
+      bar.start(1000, Math.round(p.fraction * 1000), { message: p.message ?? '' });
+      barStarted = true;
+    } else bar.update(Math.round(p.fraction * 1000), { message: p.message ?? '' });
+  });
+  stream.on('log', (l) => {
+    if (!json) process.stderr.write(`[${l.level}] ${l.message}\n`);
+  });
+  let count = 0;
+  try {
+    for await (const chunk of stream) {
+      count++;
+      if (json) process.stdout.write(`${JSON.stringify({ seq: chunk.seq, data: chunk.data }, jsonReplacer)}\n`);
+      else {
+        // The bar redraws on stderr; clear it so data lines on stdout stay clean.
+        if (barStarted) bar?.stop();
+        barStarted = false;
+        process.stdout.write(`${typeof chunk.data === 'string' ? chunk.data : JSON.stringify(chunk.data, jsonReplacer)}\n`);
+      }
+    }
+  } finally {
+    bar?.stop();
+  }
+  if (json) process.stdout.write(`${JSON.stringify({ done: true, chunks: count })}\n`);
+  return count;
 }
