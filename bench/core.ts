@@ -48,7 +48,7 @@ const CHUNK_BYTES = 1024;
 const CHUNKS = 200_000;
 /** The isolate path is ~5x slower; fewer chunks keep a round near a second. */
 const ISOLATE_CHUNKS = 50_000;
-const ROUNDS = 5;
+const ROUNDS = 7;
 const FIRST_CHUNK_RUNS = 200;
 const FIRST_CHUNK_WARMUP = 20;
 const RSS_SAMPLE_MS = 25;
@@ -92,6 +92,7 @@ function medianRatio(candidate: number[], baseline: number[]): number {
   return median(candidate.map((ms, i) => baseline[i]! / ms));
 }
 
+const ratios = (candidate: number[], baseline: number[]): string => candidate.map((ms, i) => (baseline[i]! / ms).toFixed(2)).join(' ');
 const perS = (chunks: number, ms: number[]): number => Math.round((chunks / median(ms)) * 1000);
 const round3 = (n: number): number => Math.round(n * 1000) / 1000;
 
@@ -358,7 +359,7 @@ export async function benchCore(): Promise<Record<string, number>> {
     figures.worker_chunks_per_s = perS(CHUNKS, worker.ms);
     figures.raw_chunks_per_s = perS(CHUNKS, raw.ms);
     figures.worker_vs_raw = round3(medianRatio(worker.ms, raw.ms));
-    log(`worker ${figures.worker_chunks_per_s}/s, raw MessagePort ${figures.raw_chunks_per_s}/s (ms per round: ${worker.ms.map(Math.round).join(' ')} vs ${raw.ms.map(Math.round).join(' ')})`);
+    log(`worker ${figures.worker_chunks_per_s}/s, raw MessagePort ${figures.raw_chunks_per_s}/s (ratio per round: ${ratios(worker.ms, raw.ms)})`);
 
     const windowed: Contender = { name: 'window 256', ms: [], run: () => hostRun(host, 'worker', CHUNKS, WINDOWED) };
     const unboundedRss = new RssGrowth();
@@ -368,7 +369,7 @@ export async function benchCore(): Promise<Record<string, number>> {
     figures.unbounded_chunks_per_s = perS(CHUNKS, unbounded.ms);
     figures.worker_rss_growth_mb = round3(rss.growth / MB);
     figures.unbounded_rss_growth_mb = round3(unboundedRss.growth / MB);
-    log(`window 256 ${perS(CHUNKS, windowed.ms)}/s vs unbounded ${figures.unbounded_chunks_per_s}/s; RSS growth ${figures.worker_rss_growth_mb} MB windowed, ${figures.unbounded_rss_growth_mb} MB unbounded`);
+    log(`window 256 ${perS(CHUNKS, windowed.ms)}/s vs unbounded ${figures.unbounded_chunks_per_s}/s (ratio per round: ${ratios(windowed.ms, unbounded.ms)}); RSS growth ${figures.worker_rss_growth_mb} MB windowed, ${figures.unbounded_rss_growth_mb} MB unbounded`);
 
     const workerFirst = await firstChunk(host, 'worker');
     figures.first_chunk_p50_ms = round3(workerFirst.p50);
@@ -393,7 +394,7 @@ export async function benchCore(): Promise<Record<string, number>> {
         figures.raw_stdout_chunks_per_s = perS(ISOLATE_CHUNKS, rawStdout.ms);
         figures.raw_pipe_is_stdout = stdoutFaster ? 1 : 0;
         figures.isolate_vs_raw_pipe = round3(medianRatio(isolate.ms, baseline.ms));
-        log(`isolate ${figures.isolate_chunks_per_s}/s vs raw ipc ${figures.raw_ipc_chunks_per_s}/s, raw stdout ${figures.raw_stdout_chunks_per_s}/s (baseline: ${baseline.name}, ${ISOLATE_CHUNKS} chunks)`);
+        log(`isolate ${figures.isolate_chunks_per_s}/s vs raw ipc ${figures.raw_ipc_chunks_per_s}/s, raw stdout ${figures.raw_stdout_chunks_per_s}/s (baseline: ${baseline.name}, ${ISOLATE_CHUNKS} chunks; ratio per round: ${ratios(isolate.ms, baseline.ms)})`);
       } finally {
         await Promise.all([ipc.close(), stdout.close()]);
       }
