@@ -20,6 +20,8 @@ import { DEFAULT_LIMITS, DEFAULT_POLICY, parsePartialLimits, resolveLimits, type
 import type { Resume, StartSpec } from '../protocol/messages.js';
 import type { SandboxKind } from '../sandbox/sdk.js';
 import { HostMetrics } from './metrics.js';
+import { parsePipeline } from '../protocol/pipeline.js';
+import { buildPipeline } from './operators/pipeline.js';
 import { PluginRegistry, type PluginProblem, type PluginRecord, type IsolateBundler } from './registry.js';
 import { PRIORITIES, Scheduler, type Ticket } from './scheduler.js';
 import { HostStream, type DurableLog, type StreamEngineHooks } from './stream.js';
@@ -352,6 +354,23 @@ export class Sluice implements AsyncDisposable {
     return info;
   }
 
+  /** Streams may take `options.input` (stream-consuming actions). */
+  readonly acceptsInput = true;
+
+  /**
+   * Run a declarative pipeline (see `protocol/pipeline.ts`): plugin streams, operators
+   * between them, plugin steps fed the upstream as their input. Backpressure holds end
+   * to end, and returning the result cancels every plugin in it.
+   */
+  pipeline(description: unknown, options: Omit<StreamOptions, 'input' | 'id' | 'durability'> = {}): AsyncIterable<unknown> {
+    const p = parsePipeline(description);
+    return buildPipeline(
+      p,
+      { stream: (plugin, action, params, input) => this.stream(plugin, action, params, input === undefined ? options : { ...options, input }) },
+      options.signal === undefined ? {} : { signal: options.signal },
+    );
+  }
+
   /** Durable streams the store holds. */
   durableStreams(filter: { status?: StreamStatus | StreamStatus[] } = {}): StreamRecord[] {
     return this.#e.store?.listStreams(filter) ?? [];
@@ -387,6 +406,13 @@ export class Sluice implements AsyncDisposable {
     const window = parseWindowOverride(options.window, 'options.window');
     if (options.id !== undefined) assertString(options.id, 'options.id', 'ERR_INVALID_ARGUMENT', 128);
     const durability = options.durability ?? 'none';
+    const inputWindow = parseWindowOverride(options.inputWindow, 'options.inputWindow');
+    if (options.input !== undefined) {
+      const input = options.input as { [Symbol.asyncIterator]?: unknown } | null;
+      if (typeof input !== 'object' || input === null || typeof input[Symbol.asyncIterator] !== 'function') fail('ERR_INVALID_ARGUMENT', 'options.input', 'an async iterable', options.input);
+      // An input cannot be replayed, so a stream that consumes one cannot resume.
+      if (durability !== 'none') fail('ERR_INVALID_ARGUMENT', 'options.durability', "'none' for a stream with an input", durability);
+    }
     const store = durability === 'none' ? undefined : this.#requireStore('start a durable stream');
     const id = options.id ?? randomUUID();
     if (this.#live.has(id)) fail('ERR_INVALID_ARGUMENT', 'options.id', 'an id no live stream uses', id);
@@ -396,6 +422,7 @@ export class Sluice implements AsyncDisposable {
 
     const stream = new HostStream(id, ref, action, this.#hooks);
     this.#live.set(id, stream);
+    if (options.input !== undefined) stream.useInput(options.input, { ...this.#e.window, ...inputWindow });
     if (store !== undefined && durability !== 'none') {
       const log: DurableLog | undefined =
         durability === 'log'
@@ -449,6 +476,9 @@ export class Sluice implements AsyncDisposable {
         });
       }
       const input = params === undefined ? {} : params;
+      if (options.input !== undefined && (typeof input !== 'object' || input === null || Array.isArray(input) || 'input' in input)) {
+        throw new SluiceError('ERR_PARAMS_INVALID', 'A stream-consuming action takes an object of params without an `input` key (the input stream goes there)');
+      }
       try {
         copyChunk(input);
       } catch (err) {
@@ -465,6 +495,7 @@ export class Sluice implements AsyncDisposable {
         window: { ...e.window, ...window },
         limits: { maxChunkBytes: effective.maxChunkBytes, memoryMb: effective.memoryMb, cpuMs: effective.cpuMs },
       };
+      if (options.input !== undefined) spec.input = { window: { ...e.window, ...parseWindowOverride(options.inputWindow, 'options.inputWindow') } };
       const d = this.#durable.get(stream);
       if (d === undefined) stream.setup({ limits: effective, window: spec.window, startSeq: 0 });
       else {

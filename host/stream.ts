@@ -13,8 +13,9 @@
  */
 import { EventEmitter } from 'node:events';
 import type { ChunkData } from '../protocol/chunk.js';
-import { CreditLedger, type Window } from '../protocol/credit.js';
-import { SluiceError, fromWireError } from '../protocol/errors.js';
+import { CreditBalance, CreditLedger, type Window } from '../protocol/credit.js';
+import { copyChunk } from '../protocol/chunk.js';
+import { SluiceError, fromWireError, toWireError } from '../protocol/errors.js';
 import { LIMIT_ERROR, type Limits } from '../protocol/limits.js';
 import type { ActionKind, FromSandbox } from '../protocol/messages.js';
 import type { SandboxEvents, SandboxHandle } from './sandbox/types.js';
@@ -99,6 +100,8 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   });
   /** Tail when this run was set up: this stream's own consumer reads the log from here. */
   #firstTail = 0;
+  /** A stream-consuming action's upstream, pumped into the sandbox against input credit. */
+  #input: { source: AsyncIterable<unknown>; window: Window; credit: CreditBalance; wake: (() => void) | undefined; iterator: AsyncIterator<unknown> | undefined } | undefined;
   #chunks = 0;
   #bytes = 0;
   #kind: ActionKind | undefined;
@@ -173,6 +176,73 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     this.#setupDone();
   }
 
+  /**
+   * Feed `source` to the action as `params.input`. Items of a host stream (`{ seq, data }`)
+   * are unwrapped to their data; anything else is sent as it is (JSON data or bytes).
+   */
+  useInput(source: AsyncIterable<unknown>, window: Window): void {
+    this.#input = { source, window, credit: new CreditBalance(window), wake: undefined, iterator: undefined };
+  }
+
+  /**
+   * Pull from the upstream only while the sandbox has input credit, a tick's worth of
+   * items per message; the upstream is returned (cancelled) when this stream ends.
+   */
+  async #pumpInput(): Promise<void> {
+    const input = this.#input!;
+    const unwrap = input.source instanceof HostStream;
+    const it = (input.iterator = input.source[Symbol.asyncIterator]());
+    let batch: unknown[] = [];
+    let bytes = 0;
+    let seq = 0;
+    let flushQueued = false;
+    const flush = (): void => {
+      if (batch.length === 0) return;
+      this.#handle?.send({ type: 'input', firstSeq: seq, chunks: batch, bytes });
+      seq += batch.length;
+      batch = [];
+      bytes = 0;
+    };
+    try {
+      for (;;) {
+        if (this.#outcome !== undefined) return;
+        if (!input.credit.available) {
+          flush();
+          await new Promise<void>((resolve) => (input.wake = resolve));
+          continue;
+        }
+        const step = await it.next();
+        if (this.#outcome !== undefined) return;
+        if (step.done === true) break;
+        const value = unwrap ? (step.value as Chunk).data : step.value;
+        const copy = copyChunk(value, undefined, 'input item');
+        batch.push(copy.data);
+        bytes += copy.bytes;
+        input.credit.spend(copy.bytes);
+        if (!flushQueued) {
+          flushQueued = true;
+          setImmediate(() => {
+            flushQueued = false;
+            flush();
+          });
+        }
+      }
+      flush();
+      this.#handle?.send({ type: 'input-end' });
+    } catch (err) {
+      flush();
+      this.#handle?.send({ type: 'input-error', error: toWireError(err, false, 'ERR_PLUGIN_THREW') });
+    }
+  }
+
+  #closeInput(): void {
+    const input = this.#input;
+    if (input === undefined) return;
+    input.wake?.();
+    // Cancelling this stream cancels its upstream (for a host stream: its plugin).
+    void input.iterator?.return?.()?.catch(() => undefined);
+  }
+
   /** `log` durability, decided when the stream is created so its iterator knows what to read. */
   useLog(log: DurableLog): void {
     this.#log = log;
@@ -193,6 +263,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
       this.#startedAt = this.#idleSince;
       this.#setStatus('running');
       this.hooks.running(this);
+      if (this.#input !== undefined) void this.#pumpInput();
     }
     if (this.#stopping !== undefined) this.#stopSandbox(this.#stopping, this.#pendingCancel !== undefined);
   }
@@ -237,6 +308,14 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
         return;
       case 'log':
         this.emit('log', { level: msg.level, message: msg.message });
+        return;
+      case 'input-credit':
+        if (this.#input !== undefined) {
+          this.#input.credit.grant(msg.chunks, msg.bytes);
+          const wake = this.#input.wake;
+          this.#input.wake = undefined;
+          wake?.();
+        }
         return;
       case 'end':
         this.#kind = msg.kind;
@@ -374,6 +453,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   #decide(outcome: Outcome): void {
     if (this.#outcome !== undefined) return;
     this.#outcome = outcome;
+    this.#closeInput();
     if (outcome.status === 'cancelled') this.#dropQueue();
     this.#setStatus(outcome.status);
     this.#wake();

@@ -37,6 +37,15 @@ export interface StreamOptions {
   durability?: Durability;
   /** Caller-chosen stream id (must be unique among live streams); default a random UUID. */
   id?: string;
+  /**
+   * An input stream for a stream-consuming action, which reads it as `params.input`.
+   * Pulled only as fast as the action consumes it (credit flows back upstream);
+   * cancelling this stream returns (cancels) the input. Host streams are unwrapped
+   * to their chunks' data.
+   */
+  input?: AsyncIterable<unknown>;
+  /** Credit window for the input (default: the host's window). */
+  inputWindow?: Partial<Window>;
   /** `log` durability: how much of the log to keep (oldest chunks go first; readers then get a gap). */
   retention?: { maxChunks?: number; maxBytes?: number; maxAgeMs?: number };
 }

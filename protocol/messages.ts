@@ -31,13 +31,19 @@ export interface StartSpec {
   /** Only the limits a sandbox enforces itself; wall, idle, bytes and chunk counts are the host's. */
   limits: Pick<Limits, 'maxChunkBytes' | 'memoryMb' | 'cpuMs'>;
   resume?: Resume;
+  /** The action consumes an input stream (`params.input`), fed with credit the other way. */
+  input?: { window: Window };
 }
 
 // ---- host -> sandbox -------------------------------------------------------------
 
 export type ToSandbox =
   | { type: 'credit'; chunks: number; bytes: number }
-  | { type: 'cancel'; reason: string };
+  | { type: 'cancel'; reason: string }
+  /** Input items `firstSeq ..`, sent only against input credit. */
+  | { type: 'input'; firstSeq: number; chunks: unknown[]; bytes: number }
+  | { type: 'input-end' }
+  | { type: 'input-error'; error: WireError };
 
 // ---- sandbox -> host -------------------------------------------------------------
 
@@ -50,7 +56,9 @@ export type FromSandbox =
   | { type: 'log'; level: LogLevel; message: string }
   /** The action finished; `kind` says whether it was unary or streaming. */
   | { type: 'end'; kind: ActionKind }
-  | { type: 'error'; error: WireError };
+  | { type: 'error'; error: WireError }
+  /** The plugin consumed input: the host may send this much more. */
+  | { type: 'input-credit'; chunks: number; bytes: number };
 
 export const MAX_LOG_MESSAGE = 8192;
 
@@ -63,8 +71,17 @@ export function parseToSandbox(data: unknown): ToSandbox {
       return { type: 'credit', chunks: data.chunks, bytes: data.bytes };
     case 'cancel':
       return { type: 'cancel', reason: typeof data.reason === 'string' ? data.reason : 'cancelled' };
+    case 'input':
+      assertInteger(data.firstSeq, 'input.firstSeq', 'ERR_PROTOCOL');
+      if (!Array.isArray(data.chunks)) fail('ERR_PROTOCOL', 'input.chunks', 'an array', data.chunks);
+      assertInteger(data.bytes, 'input.bytes', 'ERR_PROTOCOL');
+      return { type: 'input', firstSeq: data.firstSeq, chunks: data.chunks, bytes: data.bytes };
+    case 'input-end':
+      return { type: 'input-end' };
+    case 'input-error':
+      return { type: 'input-error', error: parseWireError(data.error) };
     default:
-      return fail('ERR_PROTOCOL', 'message.type', "'credit' or 'cancel'", data.type);
+      return fail('ERR_PROTOCOL', 'message.type', 'a host message type', data.type);
   }
 }
 
@@ -115,6 +132,10 @@ export function parseFromSandbox(data: unknown): FromSandbox {
       return { type: 'end', kind: data.kind };
     case 'error':
       return { type: 'error', error: parseWireError(data.error) };
+    case 'input-credit':
+      assertInteger(data.chunks, 'input-credit.chunks', 'ERR_PROTOCOL');
+      assertInteger(data.bytes, 'input-credit.bytes', 'ERR_PROTOCOL');
+      return { type: 'input-credit', chunks: data.chunks, bytes: data.bytes };
     default:
       return fail('ERR_PROTOCOL', 'message.type', 'a sandbox message type', data.type);
   }
@@ -142,6 +163,11 @@ export function parseStartSpec(data: unknown): StartSpec {
     assertObject(r, 'start.resume', 'ERR_PROTOCOL');
     assertInteger(r.seq, 'start.resume.seq', 'ERR_PROTOCOL');
     spec.resume = { seq: r.seq, state: r.state };
+  }
+  if (data.input !== undefined) {
+    const input = data.input as Obj;
+    assertObject(input, 'start.input', 'ERR_PROTOCOL');
+    spec.input = { window: parseWindow(input.window, 'start.input.window') };
   }
   return spec;
 }

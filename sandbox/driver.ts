@@ -14,6 +14,7 @@ import type { ActionKind, FromSandbox, LogLevel, StartSpec, ToSandbox } from '..
 import { MAX_LOG_MESSAGE } from '../protocol/messages.js';
 import { createAbort, type AbortPair } from './abort.js';
 import type { Action, PluginContext } from './sdk.js';
+import { InputQueue } from './input.js';
 
 export interface DriverEnv {
   /** Send one message to the host (postMessage, or the isolate's emit callback). */
@@ -46,6 +47,7 @@ export class StreamDriver {
   private creditWaiter: (() => void) | undefined;
   private cancelled: string | undefined;
   private finished = false;
+  private readonly input: InputQueue | undefined;
 
   constructor(
     private readonly actions: Record<string, unknown>,
@@ -56,6 +58,7 @@ export class StreamDriver {
     this.rules = { maxDepth: CHUNK_DEPTH, maxChunkBytes: spec.limits.maxChunkBytes };
     this.abort = createAbort();
     this.nextSeq = spec.resume?.seq ?? 0;
+    if (spec.input !== undefined) this.input = new InputQueue(spec.input.window, (msg) => env.send(msg));
   }
 
   onMessage(msg: ToSandbox): void {
@@ -68,7 +71,17 @@ export class StreamDriver {
         if (this.cancelled !== undefined) return;
         this.cancelled = msg.reason;
         this.abort.abort(new SluiceError('ERR_CANCELLED', msg.reason));
+        this.input?.fail({ code: 'ERR_CANCELLED', message: msg.reason });
         this.wake();
+        return;
+      case 'input':
+        this.input?.push(msg.firstSeq, msg.chunks, msg.bytes);
+        return;
+      case 'input-end':
+        this.input?.end();
+        return;
+      case 'input-error':
+        this.input?.fail(msg.error);
         return;
     }
   }
@@ -110,7 +123,9 @@ export class StreamDriver {
     if (typeof fn !== 'function') {
       throw new SluiceError('ERR_ACTION_NOT_FOUND', `Plugin has no action \`${this.spec.action}\``, { details: { action: this.spec.action } });
     }
-    const out: unknown = (fn as Action).call(this.actions, this.spec.params, this.context());
+    // A stream-consuming action finds its input as params.input, next to its own params.
+    const params = this.input === undefined ? this.spec.params : { ...(this.spec.params as object), input: this.input };
+    const out: unknown = (fn as Action).call(this.actions, params, this.context());
     if (out !== null && typeof out === 'object') {
       const asyncIt = (out as { [Symbol.asyncIterator]?: unknown })[Symbol.asyncIterator];
       if (typeof asyncIt === 'function') return { kind: 'stream', iterator: asyncIt.call(out) as AsyncIterator<unknown> };

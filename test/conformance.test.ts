@@ -203,6 +203,59 @@ for (const sandbox of SANDBOXES) {
       assert.ok(chunks.every((c, i) => c.seq === i));
     });
 
+    describe('stream-consuming actions', () => {
+      async function* numbers(n: number) {
+        for (let i = 1; i <= n; i++) yield i;
+      }
+
+      test('a transformer reads params.input and a sink reduces it', async (t) => {
+        const host = await openHost(t);
+        const upstream = host.stream(P, 'count', { to: 500 }, S);
+        const doubled = await collect(host.stream(P, 'double', {}, { ...S, input: upstream }));
+        assert.deepEqual(doubled.map((c) => c.data), Array.from({ length: 500 }, (_, i) => i * 2));
+        assert.equal(await host.call(P, 'sum', {}, { ...S, input: numbers(1000) }), 500_500);
+      });
+
+      test('backpressure holds across a chain: a sink that stops reading pauses the upstream plugin', async (t) => {
+        const host = await openHost(t);
+        const window = { chunks: 8, bytes: 1 << 20 };
+        const upstream = host.stream(P, 'forever', {}, { ...S, window });
+        const sink = host.stream(P, 'stall', { take: 5 }, { ...S, window, input: upstream, inputWindow: window });
+        const got = await collect(sink, 5);
+        assert.equal(got.length, 5);
+        await sleep(300);
+        const down = await sink.cancel();
+        const up = await upstream.result;
+        assert.equal(down.status, 'cancelled');
+        assert.equal(up.status, 'cancelled', 'cancelling the consumer cancelled the upstream plugin');
+        // Upstream can be ahead by: what the sink read (5), its input window, the pump's one in-hand item, its own window.
+        assert.ok(up.chunks <= 5 + window.chunks + 1 + window.chunks, `upstream produced ${up.chunks} chunks`);
+      });
+
+      test('an upstream error reaches the consuming plugin as an error from params.input', async (t) => {
+        const host = await openHost(t);
+        const upstream = host.stream(P, 'throwNonError', { after: 3 }, S);
+        const { chunks, error } = await outcome(host.stream(P, 'double', {}, { ...S, input: upstream }));
+        assert.equal(error?.code, 'ERR_PLUGIN_THREW');
+        assert.equal(chunks.length, 3);
+      });
+
+      test('a declarative pipeline: plugin source, operators, plugin step', async (t) => {
+        const host = await openHost(t);
+        const out: unknown[] = [];
+        for await (const v of host.pipeline({
+          version: 1,
+          source: { plugin: P, action: 'count', params: { to: 100 } },
+          steps: [
+            { op: 'filter', where: { field: 'i', gte: 90 } },
+            { op: 'plugin', plugin: P, action: 'double', params: {} },
+            { op: 'take', count: 5 },
+          ],
+        }, S)) out.push(v);
+        assert.deepEqual(out, [180, 182, 184, 186, 188]);
+      });
+    });
+
     test('host close with streams in flight ends them with ERR_HOST_CLOSED and stops the sandboxes', async (t) => {
       const host = await openHost(t, { cancelGraceMs: 200, closeTimeoutMs: 2000 });
       const streams = [host.stream(P, 'forever', {}, S), host.stream(P, 'hang', {}, S), host.stream(P, 'slow', { ms: 5 }, S)];

@@ -356,6 +356,7 @@ class IsolateStream {
       case 'progress':
       case 'log':
       case 'end':
+      case 'input-credit':
         return msg;
     }
   }
