@@ -456,7 +456,7 @@ export class SluiceClient {
       const credit = s.freeWindow();
       if (s.streamId !== undefined) {
         const frame: ClientFrame = { type: 'subscribe', sub: s.sub, streamId: s.streamId, fromSeq: s.nextSeq, credit };
-        if (s.epoch !== undefined) frame.epoch = s.epoch;
+        if (s.epoch !== undefined && s.epoch !== '') frame.epoch = s.epoch;
         this.send(frame);
       } else if (s.startFrame !== undefined) {
         // Never acknowledged: start again with the same requested id, which the server treats as the same stream.
@@ -515,7 +515,7 @@ export class SluiceClient {
     const stream = new ClientStream<T>(this, sub, undefined, streamId, options);
     this.#streams.set(sub, stream as ClientStream<unknown>);
     const frame: ClientFrame = { type: 'subscribe', sub, streamId, fromSeq: stream.nextSeq, credit: this.window };
-    if (options.epoch !== undefined) frame.epoch = options.epoch;
+    if (options.epoch !== undefined && options.epoch !== '') frame.epoch = options.epoch;
     this.send(frame);
     return stream;
   }

@@ -209,7 +209,8 @@ export function parseClientFrame(data: unknown): ClientFrame {
         assertInteger(data.fromSeq, 'subscribe.fromSeq', CLIENT);
         frame.fromSeq = data.fromSeq;
       }
-      if (data.epoch !== undefined) {
+      // '' is a host without a store's epoch: the same as none.
+      if (data.epoch !== undefined && data.epoch !== '') {
         assertString(data.epoch, 'subscribe.epoch', CLIENT, WS_LIMITS.maxEpoch);
         frame.epoch = data.epoch;
       }

@@ -106,3 +106,50 @@ test("durability 'log' is refused clearly when the host has no durable store", a
   assert.equal(e.code, 'ERR_INVALID_ARGUMENT');
   assert.match(String(e.message), /durable/);
 });
+
+test('durable stream: server and host killed and restarted mid-stream; the SDK resumes with a contiguous sequence', async (t) => {
+  const { mkdtemp, rm } = await import('node:fs/promises');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const { startServer } = await import('../host/server/server.js');
+  const { SECRET } = await import('./server-helpers.js');
+  const dataDir = await mkdtemp(join(tmpdir(), 'sluice-durable-'));
+  t.after(() => rm(dataDir, { recursive: true, force: true }));
+  const open = (): Promise<Sluice> => Sluice.open({ plugins: PLUGINS, logger: false, dataDir, resume: 'auto' } as Parameters<typeof Sluice.open>[0]);
+  let host = await open();
+  let server = await startServer(asServerHost(host), { host: '127.0.0.1', port: 0, secret: SECRET });
+  const port = server.port;
+  t.after(async () => {
+    await server.close();
+    await host.destroy();
+  });
+  const client = await connect(server.wsUrl, { token: await token(), WebSocket: WS, window: 64, reconnect: { initialDelayMs: 50, maxDelayMs: 500, maxAttempts: 50 } });
+  t.after(() => client.close());
+  const TOTAL = 5000;
+  // Far more rows than we read: the plugin is still producing when the host goes down.
+  const stream = client.start<{ id: number }>('records', 'transform', { rows: 2_000_000 }, { durability: 'log' });
+  const seqs: number[] = [];
+  let restarted = false;
+  let statusAtKill: string | undefined;
+  let statusAfter: string | undefined;
+  for await (const { seq, data } of stream) {
+    assert.equal(data.id, seq);
+    seqs.push(seq);
+    if (seq === 1000 && !restarted) {
+      restarted = true;
+      const id = await stream.id;
+      statusAtKill = (await host.streamInfo(id))?.status;
+      await server.close();
+      await host.close();
+      host = await open();
+      statusAfter = (await host.streamInfo(id))?.status;
+      server = await startServer(asServerHost(host), { host: '127.0.0.1', port, secret: SECRET });
+    }
+    if (seqs.length === TOTAL) break;
+  }
+  assert.ok(restarted);
+  assert.equal(statusAtKill, 'running', 'the plugin was mid-stream when the host went down');
+  assert.ok(statusAfter === 'queued' || statusAfter === 'running', `the new host resumed it (status ${String(statusAfter)})`);
+  assert.deepEqual(stream.gaps, []);
+  assert.deepEqual(seqs, Array.from({ length: TOTAL }, (_, i) => i));
+});

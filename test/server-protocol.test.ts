@@ -30,6 +30,7 @@ const CLIENT_ACCEPT: [string, unknown, unknown][] = [
   ['start with null params', { type: 'start', sub: 1, plugin: 'p', action: 'a', params: null }, { type: 'start', sub: 1, plugin: 'p', action: 'a', params: null }],
   ['subscribe', { type: 'subscribe', sub: 3, streamId: 'abc.def' }, { type: 'subscribe', sub: 3, streamId: 'abc.def' }],
   ['subscribe resume', { type: 'subscribe', sub: 3, streamId: 'x', fromSeq: 42, epoch: 'e1', credit: 8 }, { type: 'subscribe', sub: 3, streamId: 'x', fromSeq: 42, epoch: 'e1', credit: 8 }],
+  ['subscribe with the empty epoch of a storeless host', { type: 'subscribe', sub: 3, streamId: 'x', epoch: '' }, { type: 'subscribe', sub: 3, streamId: 'x' }],
   ['credit', { type: 'credit', sub: 1, n: 5 }, { type: 'credit', sub: 1, n: 5 }],
   ['cancel', { type: 'cancel', sub: 9 }, { type: 'cancel', sub: 9 }],
   ['unsubscribe', { type: 'unsubscribe', sub: 9 }, { type: 'unsubscribe', sub: 9 }],

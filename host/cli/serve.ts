@@ -58,8 +58,8 @@ async function serve(opts: ServeOptions): Promise<number> {
     const config = opts.config !== undefined ? await readServerConfig(opts.config) : {};
     const plugins = opts.plugins ?? config.pluginsDir ?? CLI_DEFAULTS.plugins;
     const dataDir = opts.data ?? config.dataDir ?? CLI_DEFAULTS.data;
-    // `dataDir` is for the durable store; hosts without one ignore it.
-    const hostOptions: SluiceOptions & { dataDir?: string } = { plugins, dataDir };
+    // The durable store lives in the data folder; unfinished `log` streams resume at open.
+    const hostOptions: SluiceOptions & { dataDir?: string; resume?: 'auto' | 'manual' } = { plugins, dataDir, resume: 'auto' };
     host = await Sluice.open(hostOptions);
     const server = await startServer(asServerHost(host), {
       ...config,

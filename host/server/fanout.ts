@@ -22,7 +22,7 @@
 import type { ChunkData } from '../../protocol/chunk.js';
 import type { Chunk, Progress, SluiceStream } from '../types.js';
 import type { ServerMetrics } from './metrics.js';
-import { chunksFrameText, encodeChunkJson, endFrame, endFromThrown, errorFrame, type EndInfo, type Outlet, type Subscription } from './subscription.js';
+import { encodeChunkJson, endFrame, endFromThrown, errorFrame, type EndInfo, type Outlet, type Subscription } from './subscription.js';
 
 export interface FanoutLimits {
   ring: { chunks: number; bytes: number };
@@ -33,11 +33,6 @@ export interface FanoutLimits {
 /** Bytes one pull round may take, in batches: bounds what is pulled before sockets report congestion. */
 const ROUND_BATCHES = 4;
 
-interface Slot {
-  json: string;
-  /** Bytes pulled up to and including this chunk. */
-  cumEnd: number;
-}
 
 export class Broadcast {
   readonly id: string;
@@ -46,7 +41,9 @@ export class Broadcast {
   readonly #metrics: ServerMetrics;
   readonly #onForget: (b: Broadcast) => void;
   #it: AsyncIterator<Chunk<ChunkData>> | undefined;
-  readonly #ring: (Slot | undefined)[];
+  /** Encoded chunks by `seq % size`, and the bytes pulled up to and including each. */
+  readonly #ring: (string | undefined)[];
+  readonly #cumEnd: Float64Array;
   #baseSeq = 0;
   #nextSeq = 0;
   #ringBytes = 0;
@@ -69,7 +66,8 @@ export class Broadcast {
     this.#limits = limits;
     this.#metrics = metrics;
     this.#onForget = onForget;
-    this.#ring = new Array<Slot | undefined>(limits.ring.chunks);
+    this.#ring = new Array<string | undefined>(limits.ring.chunks).fill(undefined);
+    this.#cumEnd = new Float64Array(limits.ring.chunks);
     // Throws ERR_STREAM_CONSUMED when someone else already reads this stream.
     this.#it = stream[Symbol.asyncIterator]();
     stream.on('progress', this.#onProgress);
@@ -139,14 +137,11 @@ export class Broadcast {
   #bytesBefore(seq: number): number {
     if (seq >= this.#nextSeq) return this.#pulledBytes;
     if (seq <= this.#baseSeq) {
-      const slot = this.#ring[this.#baseSeq % this.#ring.length];
-      return slot === undefined ? this.#pulledBytes : slot.cumEnd - slot.json.length;
+      const i = this.#baseSeq % this.#ring.length;
+      const json = this.#ring[i];
+      return json === undefined ? this.#pulledBytes : this.#cumEnd[i]! - json.length;
     }
-    return this.#slot(seq - 1).cumEnd;
-  }
-
-  #slot(seq: number): Slot {
-    return this.#ring[seq % this.#ring.length]!;
+    return this.#cumEnd[(seq - 1) % this.#ring.length]!;
   }
 
   /** The seq up to which (exclusive) some subscriber wants chunks pulled. */
@@ -215,14 +210,15 @@ export class Broadcast {
     // Make room first: the new chunk's slot is the oldest chunk's when the ring is full.
     while (this.#nextSeq - this.#baseSeq >= size || (this.#nextSeq > this.#baseSeq && this.#ringBytes + json.length > this.#limits.ring.bytes)) {
       const old = this.#baseSeq % size;
-      this.#ringBytes -= this.#ring[old]!.json.length;
+      this.#ringBytes -= this.#ring[old]!.length;
       this.#ring[old] = undefined;
       this.#baseSeq++;
       evicted = true;
     }
     this.#pulledBytes += json.length;
     this.#ringBytes += json.length;
-    this.#ring[this.#nextSeq % size] = { json, cumEnd: this.#pulledBytes };
+    this.#ring[this.#nextSeq % size] = json;
+    this.#cumEnd[this.#nextSeq % size] = this.#pulledBytes;
     this.#nextSeq++;
     if (evicted) {
       for (const s of this.#subs) if (s.cursor < this.#baseSeq) s.slow();
@@ -259,19 +255,24 @@ export class Broadcast {
         s.slow();
         return;
       }
-      const jsons: string[] = [];
-      let bytes = 0;
       const first = s.cursor;
       const stop = Math.min(this.#nextSeq, first + Math.min(s.credit, maxChunks));
+      const size = this.#ring.length;
+      // String concatenation builds a rope; uWS flattens it once when sending.
+      let text = `{"type":"chunks","sub":${s.sub},"seq":${first},"data":[`;
+      let bytes = 0;
+      let count = 0;
       for (let seq = first; seq < stop; seq++) {
-        const json = this.#slot(seq).json;
-        if (jsons.length > 0 && bytes + json.length > maxBytes) break;
-        jsons.push(json);
+        const json = this.#ring[seq % size]!;
+        if (count > 0 && bytes + json.length > maxBytes) break;
+        text += count === 0 ? json : `,${json}`;
         bytes += json.length;
+        count++;
       }
-      s.cursor += jsons.length;
-      s.credit -= jsons.length;
-      s.outlet.sendChunks(chunksFrameText(s.sub, first, jsons), jsons.length);
+      text += ']}';
+      s.cursor += count;
+      s.credit -= count;
+      s.outlet.sendChunks(text, count);
     }
     if (!s.closed && this.#ended !== undefined && s.cursor >= this.#nextSeq) {
       s.outlet.sendFrame(endFrame(s.sub, this.#ended));
