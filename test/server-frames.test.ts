@@ -91,3 +91,16 @@ test('the subscription limit per connection: ERR_TOO_MANY_SUBSCRIPTIONS', async 
   assert.equal(e.code, 'ERR_TOO_MANY_SUBSCRIPTIONS');
   assert.equal(e.fatal, true);
 });
+
+test('a steady flood just above the refill rate is still closed with 4029', async (t) => {
+  const server = await startTestServer(t, new FakeHost(), { rateLimit: { burst: 10, perSecond: 200 } });
+  const c = await rawConnect(t, server, { token: await token() });
+  // ~1000 frames/s for up to 3 s: tokens trickle through, but the bucket never refills.
+  const timer = setInterval(() => {
+    for (let i = 0; i < 10 && c.closeCode === undefined; i++) c.send({ type: 'ping' });
+  }, 10);
+  t.after(() => clearInterval(timer));
+  assert.equal(await c.closed(3000), CLOSE_CODES.RATE_LIMITED);
+  clearInterval(timer);
+  assert.equal(c.frames.filter((f) => f.type === 'error' && f.code === 'ERR_RATE_LIMITED').length, 1);
+});

@@ -14,6 +14,11 @@ export class TokenBucket {
     this.#last = now();
   }
 
+  /** Tokens left after the last `take()`. */
+  get level(): number {
+    return this.#tokens;
+  }
+
   /** Take one token; false when the bucket is empty. */
   take(): boolean {
     const t = this.now();

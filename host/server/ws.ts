@@ -73,6 +73,8 @@ export class Connection implements Outlet {
   #congested = false;
   #closed = false;
   #strikes = 0;
+  /** ERR_RATE_LIMITED was sent and the client has not calmed down since. */
+  #told = false;
   lastFrameAt = performance.now();
 
   constructor(ws: WebSocket<UserData>, principal: Principal, ctx: WsContext) {
@@ -160,13 +162,19 @@ export class Connection implements Outlet {
     this.lastFrameAt = performance.now();
     if (!this.#bucket.take()) {
       this.#strikes++;
-      if (this.#strikes === 1) {
+      if (this.#strikes === 1 && !this.#told) {
+        this.#told = true;
         this.sendFrame(errorFrame('ERR_RATE_LIMITED', `More than ${this.#ctx.config.rateLimit.perSecond} frames per second; frames are being dropped`));
       }
       if (this.#strikes > this.#ctx.config.rateLimit.burst) this.end(CLOSE_CODES.RATE_LIMITED, 'ERR_RATE_LIMITED', 'kept flooding after ERR_RATE_LIMITED');
       return;
     }
-    this.#strikes = 0;
+    // A client that refills to half a bucket has stopped flooding; one that merely gets
+    // the odd token through (a steady flood above the refill rate) keeps its strikes.
+    if (this.#bucket.level >= this.#bucket.burst / 2) {
+      this.#strikes = 0;
+      this.#told = false;
+    }
     if (message.byteLength > this.#ctx.config.maxPayload) {
       // uWS's own limit is a multiple of ours and drops the TCP connection without a close
       // frame (the client sees 1006); under it we close properly with 1009 and the code.
