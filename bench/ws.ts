@@ -10,13 +10,16 @@
  * - raw uWS: a bare uWS app pushing pre-serialised frames of the same size and batch
  *   composition, with plain drain-based backpressure and no protocol;
  * - ws host: the same host and protocol behind a `ws` WebSocketServer.
- * Reported as ratios of chunks per second. Then 1,000 sockets held on one server with
- * the server process's RSS.
+ * Reported as ratios of chunks per second: after one warm-up run each, every round runs
+ * the three once, in an order that rotates, each after a forced GC; the ratio is taken
+ * per round and the median over rounds reported, with the smallest and largest as the
+ * error bar. Then 1,000 sockets held on one server with the server process's RSS.
  *
  * Export `benchWs()`; run directly with `node dist/bench/ws.js`. Knobs (env):
  * BENCH_WS_CHUNKS (chunks per client, default 20000), BENCH_WS_WINDOW (client credit
  * window, default 1024), BENCH_WS_SERVER (JSON server options merged in),
- * BENCH_WS_ONLY=e2e (skip the baselines), BENCH_WS_DEBUG (print CPU and frame counts).
+ * BENCH_WS_ROUNDS (default 5), BENCH_WS_ONLY=e2e (skip the baselines), BENCH_WS_DEBUG
+ * (print CPU, frame counts and per-round ratios).
  *
  * What the ratios mean: the raw baseline sends pre-serialised frames, so it does no
  * per-chunk work at all; the e2e server JSON-encodes every chunk (about half its CPU),
@@ -27,6 +30,8 @@ import { spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { createServer, type Server } from 'node:http';
 import { fileURLToPath } from 'node:url';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import type { AddressInfo, Socket } from 'node:net';
 import { Gauge, Registry } from 'prom-client';
 import { WebSocketServer, type WebSocket as WsSocket } from 'ws';
@@ -47,6 +52,17 @@ const PAYLOAD = 'x'.repeat(64);
 const LOAD_SCRIPT = fileURLToPath(new URL('./ws-load.js', import.meta.url));
 const DEADLINE_MS = 20_000;
 const MIB = 1024 * 1024;
+const ROUNDS = Number(process.env.BENCH_WS_ROUNDS ?? 5);
+
+/**
+ * A full GC before each run, so one contender's garbage is not collected on the next
+ * one's clock (as in bench/core.ts: the runner cannot pass --expose-gc).
+ */
+const collectGarbage: () => void = (() => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as unknown;
+  return typeof gc === 'function' ? (gc as () => void) : () => undefined;
+})();
 
 // ---- a synthetic host: the plugin stand-in ------------------------------------------
 
@@ -295,49 +311,81 @@ async function holdClients(url: string, token: string, streamId: string): Promis
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Median of the per-round values. */
+function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid]! : (s[mid - 1]! + s[mid]!) / 2;
+}
+
+export const targets = { ws_e2e_vs_raw_uws: '>= 0.7', ws_e2e_vs_ws_host: '>= 4' };
+
 export async function benchWs(): Promise<Record<string, number>> {
   const token = await createToken(SECRET, { plugins: ['*'], streams: ['*'] });
   const host = new SyntheticHost();
+  const debug = process.env.BENCH_WS_DEBUG !== undefined;
+  const rate = (r: LoadResult): number => r.chunks / (r.ms / 1000);
 
   // e2e first: its average batch size shapes the raw baseline's frames.
   const extra = process.env.BENCH_WS_SERVER === undefined ? {} : (JSON.parse(process.env.BENCH_WS_SERVER) as object);
   const server = await startServer(host, { host: '127.0.0.1', port: 0, secret: SECRET, maxConnections: 5000, idleTimeoutMs: 0, rateLimit: { burst: 1000, perSecond: 10_000 }, ...extra });
   await runLoad(server.wsUrl, token); // warm-up
-  const cpu0 = process.cpuUsage();
-  const e2e = await runLoad(server.wsUrl, token);
-  if (process.env.BENCH_WS_DEBUG !== undefined) {
-    const cpu = process.cpuUsage(cpu0);
-    console.error(`e2e: ${e2e.ms.toFixed(0)} ms, server cpu ${((cpu.user + cpu.system) / 1000).toFixed(0)} ms, client cpu ${String((e2e as unknown as { cpuMs: number }).cpuMs)} ms, frames ${e2e.frames}`);
-  }
   const metrics = await server.metrics.metrics();
   const framesOut = Number(/sluice_server_frames_out_total\{type="chunks"\} (\d+)/.exec(metrics)?.[1] ?? 0);
   const chunksOut = Number(/sluice_server_chunks_out_total (\d+)/.exec(metrics)?.[1] ?? 0);
   const chunksPerFrame = Math.max(1, Math.round(chunksOut / Math.max(1, framesOut)));
-  if (process.env.BENCH_WS_DEBUG !== undefined) console.error(metrics.split('\n').filter((l) => /pauses|frames_out|frames_in/.test(l)).join('\n'));
+  if (debug) console.error(metrics.split('\n').filter((l) => /pauses|frames_out|frames_in/.test(l)).join('\n'));
+
+  const timedE2e = async (): Promise<LoadResult> => {
+    const cpu0 = process.cpuUsage();
+    const r = await runLoad(server.wsUrl, token);
+    if (debug) {
+      const cpu = process.cpuUsage(cpu0);
+      console.error(`e2e: ${r.ms.toFixed(0)} ms, server cpu user ${(cpu.user / 1000).toFixed(0)} ms sys ${(cpu.system / 1000).toFixed(0)} ms, client cpu ${String((r as unknown as { cpuMs: number }).cpuMs)} ms, frames ${r.frames}`);
+    }
+    return r;
+  };
 
   if (process.env.BENCH_WS_ONLY === 'e2e') {
+    const rates: number[] = [];
+    for (let round = 0; round < ROUNDS; round++) {
+      collectGarbage();
+      rates.push(rate(await timedE2e()));
+    }
     await server.close();
-    return { ws_e2e_chunks_per_s: Math.round(e2e.chunks / (e2e.ms / 1000)) };
+    return { ws_e2e_chunks_per_s: Math.round(median(rates)) };
   }
   const raw = await rawUws(chunksPerFrame);
   await runLoad(raw.url, token);
-  const rawResult = await runLoad(raw.url, token);
-  raw.close();
-
   const viaWs = await wsHost(host);
   await runLoad(viaWs.url, token);
-  const wsResult = await runLoad(viaWs.url, token);
+
+  // Rounds: every contender once per round, in an order that rotates, each after a
+  // forced GC; ratios are taken per round and the median is reported (bench/README.md).
+  const contenders: (() => Promise<LoadResult>)[] = [timedE2e, () => runLoad(raw.url, token), () => runLoad(viaWs.url, token)];
+  const rates: number[][] = [[], [], []];
+  for (let round = 0; round < ROUNDS; round++) {
+    for (let k = 0; k < contenders.length; k++) {
+      const c = (round + k) % contenders.length;
+      collectGarbage();
+      rates[c]!.push(rate(await contenders[c]!()));
+    }
+  }
+  raw.close();
   await viaWs.close();
+  const [e2eRates, rawRates, wsRates] = rates as [number[], number[], number[]];
+  const vsRaw = e2eRates.map((r, i) => r / rawRates[i]!);
+  const vsWs = e2eRates.map((r, i) => r / wsRates[i]!);
+  if (debug) console.error(`per round: vs raw ${vsRaw.map((x) => x.toFixed(3)).join(' ')}; vs ws ${vsWs.map((x) => x.toFixed(3)).join(' ')}`);
 
   // 1,000 held sockets, each subscribed to one ticking stream.
   const ticking = host.stream('synthetic', 'tick', {}, { id: 'ticking' });
   void ticking;
-  const hub = server;
-  global.gc?.();
+  collectGarbage();
   await sleep(200);
   const rssBefore = process.memoryUsage().rss;
   // The stream must be known to the server: subscribe goes through host.getStream.
-  const held = await holdClients(hub.wsUrl, token, 'ticking');
+  const held = await holdClients(server.wsUrl, token, 'ticking');
   await held.ready;
   await sleep(1000);
   const samples: number[] = [];
@@ -349,15 +397,17 @@ export async function benchWs(): Promise<Record<string, number>> {
   await held.release();
   await server.close();
 
-  const rate = (r: LoadResult): number => r.chunks / (r.ms / 1000);
-  const e2eRate = rate(e2e);
   return {
-    ws_e2e_chunks_per_s: Math.round(e2eRate),
-    ws_raw_uws_chunks_per_s: Math.round(rate(rawResult)),
-    ws_ws_host_chunks_per_s: Math.round(rate(wsResult)),
+    ws_e2e_chunks_per_s: Math.round(median(e2eRates)),
+    ws_raw_uws_chunks_per_s: Math.round(median(rawRates)),
+    ws_ws_host_chunks_per_s: Math.round(median(wsRates)),
     ws_e2e_chunks_per_frame: chunksPerFrame,
-    ws_e2e_vs_raw_uws: Number((e2eRate / rate(rawResult)).toFixed(3)),
-    ws_e2e_vs_ws_host: Number((e2eRate / rate(wsResult)).toFixed(3)),
+    ws_e2e_vs_raw_uws: Number(median(vsRaw).toFixed(3)),
+    ws_e2e_vs_ws_host: Number(median(vsWs).toFixed(3)),
+    ws_e2e_vs_raw_uws_min: Number(Math.min(...vsRaw).toFixed(3)),
+    ws_e2e_vs_raw_uws_max: Number(Math.max(...vsRaw).toFixed(3)),
+    ws_e2e_vs_ws_host_min: Number(Math.min(...vsWs).toFixed(3)),
+    ws_e2e_vs_ws_host_max: Number(Math.max(...vsWs).toFixed(3)),
     clients_1000_connected: connections,
     clients_1000_rss_mib: Number((Math.max(...samples) / MIB).toFixed(1)),
     clients_1000_rss_delta_mib: Number(((Math.max(...samples) - rssBefore) / MIB).toFixed(1)),
