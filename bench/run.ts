@@ -39,6 +39,8 @@ const QUESTIONS: readonly Question[] = [
   { name: 'store', file: './store.js', fn: 'benchStore', targets: {} },
   { name: 'operators', file: './operators.js', fn: 'benchOperators', targets: { operator_overhead: '<= 1.3' } },
   { name: 'ws', file: './ws.js', fn: 'benchWs', targets: {} },
+  { name: 'durable', file: './durable.js', fn: 'benchDurable', targets: { checkpoint_vs_none: '>= 0.95', log_vs_none: '>= 0.5' } },
+  { name: 'pipeline', file: './pipeline.js', fn: 'benchPipeline', targets: {} },
 ];
 
 const DEFAULT_TIMEOUT_S = 300;

@@ -1,0 +1,47 @@
+/**
+ * Question: what does durability cost? The same stream of ~1 KiB JSON records with
+ * durability none, checkpoint (a checkpoint every 64 chunks) and log (every chunk
+ * appended to LMDB, group-committed, read back by the consumer), in one run.
+ */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Sluice } from '../host/index.js';
+import type { StreamOptions } from '../host/types.js';
+import { contender, race, ratio, round3 } from './harness.js';
+
+const PLUGIN = fileURLToPath(new URL('../../bench/fixtures/plugins/steps.ts', import.meta.url));
+const CHUNKS = 50_000;
+const ROUNDS = 5;
+
+export const targets = { checkpoint_vs_none: '>= 0.95', log_vs_none: '>= 0.5' };
+
+export async function benchDurable(log: (line: string) => void = console.log): Promise<Record<string, number>> {
+  const dir = await mkdtemp(join(tmpdir(), 'sluice-bench-durable-'));
+  const host = await Sluice.open({ dataDir: join(dir, 'data'), isolates: false, logger: false });
+  try {
+    const drain = async (params: object, options: StreamOptions): Promise<void> => {
+      let n = 0;
+      for await (const _ of host.stream(PLUGIN, 'records', params, options)) n++;
+      if (n !== CHUNKS) throw new Error(`expected ${CHUNKS} chunks, got ${n}`);
+    };
+    await drain({ count: CHUNKS }, {}); // warm: bundle, threads, JIT
+    const none = contender('none', () => drain({ count: CHUNKS }, {}));
+    const checkpoint = contender('checkpoint', () => drain({ count: CHUNKS, checkpointEvery: 64 }, { durability: 'checkpoint' }));
+    const logged = contender('log', () => drain({ count: CHUNKS }, { durability: 'log' }));
+    log(`durability: ${CHUNKS} records of ~1 KiB, worker sandbox, ${ROUNDS} rounds`);
+    await race([none, checkpoint, logged], ROUNDS, log);
+    const perS = (ms: number[]): number => Math.round((CHUNKS / [...ms].sort((a, b) => a - b)[ms.length >> 1]!) * 1000);
+    return {
+      checkpoint_vs_none: round3(ratio(checkpoint, none)),
+      log_vs_none: round3(ratio(logged, none)),
+      durable_none_chunks_per_s: perS(none.times),
+      durable_checkpoint_chunks_per_s: perS(checkpoint.times),
+      durable_log_chunks_per_s: perS(logged.times),
+    };
+  } finally {
+    await host.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
