@@ -11,74 +11,28 @@
 import { randomUUID } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { copyChunk } from '../protocol/chunk.js';
-import { DEFAULT_WINDOW, MAX_WINDOW_BYTES, MAX_WINDOW_CHUNKS, type Window } from '../protocol/credit.js';
+import type { Window } from '../protocol/credit.js';
 import { SluiceError, isSluiceError, toWireError } from '../protocol/errors.js';
-import { assertInteger, assertNumber, assertOneOf, assertString, fail, isObject } from '../protocol/assert.js';
-import { DEFAULT_LIMITS, DEFAULT_POLICY, parsePartialLimits, resolveLimits, type Limits } from '../protocol/limits.js';
+import { assertOneOf, assertString, fail } from '../protocol/assert.js';
+import { parsePartialLimits, resolveLimits, type Limits } from '../protocol/limits.js';
 import type { Resume, StartSpec } from '../protocol/messages.js';
 import type { SandboxKind } from '../sandbox/sdk.js';
 import { HostMetrics } from './metrics.js';
+import { DEFAULTS, parseWindowOverride, resolveSettings, type RetryPolicy, type SluiceOptions } from './options.js';
+
+export type { SluiceOptions } from './options.js';
 import { parsePipeline } from '../protocol/pipeline.js';
 import { buildPipeline } from './operators/pipeline.js';
 import { PluginRegistry, type PluginProblem, type PluginRecord, type IsolateBundler } from './registry.js';
 import { PRIORITIES, Scheduler, type Ticket } from './scheduler.js';
 import { HostStream, type DurableLog, type StreamEngineHooks } from './stream.js';
-import { WorkerPool, type WorkerPoolOptions } from './sandbox/worker-pool.js';
+import { WorkerPool } from './sandbox/worker-pool.js';
 import type { SandboxPool } from './sandbox/types.js';
 import type { Durability, PluginInfo, ReadEvent, SluiceStream, StreamInfo, StreamOptions, StreamResult, StreamStatus } from './types.js';
-import { Store, isFinished, type RetentionPolicy, type StreamRecord } from './store/store.js';
+import { Store, isFinished, type StreamRecord } from './store/store.js';
 import type { ChunkData } from '../protocol/chunk.js';
-
-export interface SluiceOptions {
-  /** Plugin folders, discovered at open. */
-  plugins?: string | string[];
-  /** Where bundles (and, with durable streams, the store) live. Default: a folder under the OS temp dir. */
-  cacheDir?: string;
-  /** Worker sandbox threads; `maxThreads` is also how many worker streams run at once. */
-  workers?: Partial<WorkerPoolOptions>;
-  /** Isolate sandbox processes, or false to run without isolates. */
-  isolates?: { processes?: number; maxStreams?: number } | false;
-  /** Sum of running streams' memory limits allowed per sandbox kind (0 = no budget). */
-  memoryBudgetMb?: Partial<Record<SandboxKind, number>>;
-  /** Streams that may wait for admission before ERR_QUEUE_FULL. */
-  maxQueued?: number;
-  /** Default credit window per stream. */
-  window?: Partial<Window>;
-  /** Default per-stream limits, below the policy. */
-  limits?: Partial<Limits>;
-  /** The most a manifest or call may ask for; 0 for a limit means unlimited is allowed. */
-  policy?: Partial<Limits>;
-  /** Time a cancelled plugin gets to run its `finally` before its sandbox is stopped hard. */
-  cancelGraceMs?: number;
-  /** How long `close()` waits for streams to stop before it destroys the sandboxes. */
-  closeTimeoutMs?: number;
-  /** A pino logger, or false for none. Default: warnings and errors to stderr. */
-  logger?: Logger | false;
-  /** Reject `open` when any plugin in the folders fails to load (default: record it in `pluginProblems()`). */
-  strictPlugins?: boolean;
-  /**
-   * The data folder of the durable store (LMDB). Without it the host keeps nothing and
-   * durable streams are refused; the CLI and server default it to `./data`.
-   */
-  dataDir?: string;
-  /** Store options: encryption at rest (else env SLUICE_STORE_KEY), default retention, upkeep. */
-  store?: { encryptionKey?: string | Uint8Array | null; retention?: RetentionPolicy; maintenanceIntervalMs?: number; finishedRetentionMs?: number };
-  /** `auto`: at open, resume unfinished `log` streams (they run with no consumer: the log is theirs). Default `manual`. */
-  resume?: 'auto' | 'manual';
-  /** Retries of durable streams whose sandbox died (retriable errors), resuming from the last checkpoint. */
-  retries?: Partial<RetryPolicy>;
-}
-
-export interface RetryPolicy {
-  max: number;
-  backoffMs: number;
-  factor: number;
-  maxBackoffMs: number;
-}
-
-const RETRY_DEFAULTS: Readonly<RetryPolicy> = Object.freeze({ max: 3, backoffMs: 100, factor: 2, maxBackoffMs: 5000 });
 
 /** What the host keeps for a durable stream while it is live. */
 interface DurableState {
@@ -96,18 +50,6 @@ interface DurableState {
   markRecorded(): void;
 }
 
-const DEFAULTS = Object.freeze({
-  maxQueued: 1000,
-  cancelGraceMs: 2000,
-  closeTimeoutMs: 5000,
-  isolateProcesses: 1,
-  isolateStreams: 64,
-  /** `call()` collects chunks in memory, so it is bounded even when the stream is not. */
-  callMaxBytes: 64 * 1024 * 1024,
-  callMaxChunks: 1_000_000,
-  watchdogMs: 25,
-});
-
 interface Engine {
   options: SluiceOptions;
   logger: Logger;
@@ -120,21 +62,6 @@ interface Engine {
   window: Window;
   store: Store | undefined;
   retries: RetryPolicy;
-}
-
-function parseWindowOverride(value: unknown, field: string): Partial<Window> {
-  if (value === undefined) return {};
-  if (!isObject(value)) fail('ERR_INVALID_ARGUMENT', field, 'an object', value);
-  const out: Partial<Window> = {};
-  if (value.chunks !== undefined) {
-    assertInteger(value.chunks, `${field}.chunks`, 'ERR_INVALID_ARGUMENT', 1, MAX_WINDOW_CHUNKS);
-    out.chunks = value.chunks;
-  }
-  if (value.bytes !== undefined) {
-    assertInteger(value.bytes, `${field}.bytes`, 'ERR_INVALID_ARGUMENT', 1, MAX_WINDOW_BYTES);
-    out.bytes = value.bytes;
-  }
-  return out;
 }
 
 function asSluiceError(err: unknown, fallback: 'ERR_PLUGIN_LOAD' | 'ERR_SANDBOX_CRASHED' = 'ERR_PLUGIN_LOAD'): SluiceError {
@@ -193,28 +120,44 @@ export class Sluice implements AsyncDisposable {
 
   /** Open a host: start the sandbox pools and discover the plugins folders. */
   static async open(options: SluiceOptions = {}): Promise<Sluice> {
-    if (typeof options !== 'object' || options === null) fail('ERR_INVALID_ARGUMENT', 'options', 'an object', options);
-    const maxQueued = options.maxQueued ?? DEFAULTS.maxQueued;
-    assertInteger(maxQueued, 'maxQueued', 'ERR_INVALID_ARGUMENT', 0);
-    if (options.cancelGraceMs !== undefined) assertInteger(options.cancelGraceMs, 'cancelGraceMs', 'ERR_INVALID_ARGUMENT', 0);
-    if (options.closeTimeoutMs !== undefined) assertInteger(options.closeTimeoutMs, 'closeTimeoutMs', 'ERR_INVALID_ARGUMENT', 0);
-    const defaults = resolveLimits({ ...DEFAULT_POLICY, ...parsePartialLimits(options.policy, 'policy', 'ERR_INVALID_ARGUMENT') }, DEFAULT_LIMITS, parsePartialLimits(options.limits, 'limits', 'ERR_INVALID_ARGUMENT'));
-    const policy: Limits = { ...DEFAULT_POLICY, ...parsePartialLimits(options.policy, 'policy', 'ERR_INVALID_ARGUMENT') };
-    const window: Window = { ...DEFAULT_WINDOW, ...parseWindowOverride(options.window, 'window') };
-    const logger = options.logger === false ? pino({ level: 'silent' }) : (options.logger ?? pino({ level: process.env.SLUICE_LOG_LEVEL ?? 'warn' }, pino.destination(2)));
-
-    const workers = new WorkerPool(options.workers);
-    workers.warm(defaults.memoryMb);
-    const pools: Partial<Record<SandboxKind, SandboxPool>> = { worker: workers };
+    const settings = resolveSettings(options);
+    const { logger, maxQueued, defaults, policy, window, retries } = settings;
+    // Acquire in order, releasing what was acquired if a later step fails.
+    const acquired: { close(): Promise<unknown> }[] = [];
+    const release = (): Promise<unknown> => Promise.allSettled(acquired.reverse().map((r) => r.close()));
+    let store: Store | undefined;
+    let workers: WorkerPool;
+    const pools: Partial<Record<SandboxKind, SandboxPool>> = {};
     let bundleForIsolate: IsolateBundler | undefined;
     let isolateConcurrency = 0;
-    if (options.isolates !== false) {
-      const iso = await loadIsolateSandbox(options.isolates ?? {});
-      if (iso !== undefined) {
-        pools.isolate = iso.pool;
-        bundleForIsolate = iso.bundle;
-        isolateConcurrency = options.isolates?.maxStreams ?? DEFAULTS.isolateStreams;
+    try {
+      if (settings.dataDir !== undefined) {
+        const so = options.store ?? {};
+        store = await Store.open({
+          path: settings.dataDir,
+          ...(so.encryptionKey !== undefined ? { encryptionKey: so.encryptionKey } : {}),
+          ...(so.maintenanceIntervalMs !== undefined ? { maintenanceIntervalMs: so.maintenanceIntervalMs } : {}),
+          ...(so.finishedRetentionMs !== undefined ? { finishedRetentionMs: so.finishedRetentionMs } : {}),
+          onMaintenanceError: (err: unknown) => logger.error({ err }, 'store upkeep failed'),
+        });
+        acquired.push(store);
       }
+      workers = new WorkerPool(options.workers);
+      acquired.push({ close: () => workers.destroy() });
+      workers.warm(defaults.memoryMb);
+      pools.worker = workers;
+      if (options.isolates !== false) {
+        const iso = await loadIsolateSandbox(options.isolates ?? {});
+        if (iso !== undefined) {
+          acquired.push({ close: () => iso.pool.destroy() });
+          pools.isolate = iso.pool;
+          bundleForIsolate = iso.bundle;
+          isolateConcurrency = options.isolates?.maxStreams ?? DEFAULTS.isolateStreams;
+        }
+      }
+    } catch (err) {
+      await release();
+      throw err;
     }
     const cacheDir = resolve(options.cacheDir ?? join(tmpdir(), `sluice-cache-${process.getuid?.() ?? 'user'}`));
     const registry = new PluginRegistry({ cacheDir, pools, bundleForIsolate });
@@ -223,24 +166,6 @@ export class Sluice implements AsyncDisposable {
       memoryBudgetMb: { worker: options.memoryBudgetMb?.worker ?? 0, isolate: options.memoryBudgetMb?.isolate ?? 0 },
       maxQueued,
     });
-    const retries: RetryPolicy = { ...RETRY_DEFAULTS, ...options.retries };
-    for (const key of Object.keys(RETRY_DEFAULTS) as (keyof RetryPolicy)[]) {
-      if (key === 'factor') assertNumber(retries[key], `retries.${key}`, 'ERR_INVALID_ARGUMENT', 1, 100);
-      else assertInteger(retries[key], `retries.${key}`, 'ERR_INVALID_ARGUMENT', 0);
-    }
-    if (options.resume !== undefined) assertOneOf(options.resume, ['auto', 'manual'] as const, 'resume', 'ERR_INVALID_ARGUMENT');
-    let store: Store | undefined;
-    if (options.dataDir !== undefined) {
-      assertString(options.dataDir, 'dataDir', 'ERR_INVALID_ARGUMENT', 4096);
-      const so = options.store ?? {};
-      store = await Store.open({
-        path: resolve(options.dataDir),
-        ...(so.encryptionKey !== undefined ? { encryptionKey: so.encryptionKey } : {}),
-        ...(so.maintenanceIntervalMs !== undefined ? { maintenanceIntervalMs: so.maintenanceIntervalMs } : {}),
-        ...(so.finishedRetentionMs !== undefined ? { finishedRetentionMs: so.finishedRetentionMs } : {}),
-        onMaintenanceError: (err: unknown) => logger.error({ err }, 'store upkeep failed'),
-      });
-    }
     const host = new Sluice({ options, logger, registry, pools, scheduler, metrics: new HostMetrics(), defaults, policy, window, store, retries });
     try {
       const dirs = options.plugins === undefined ? [] : Array.isArray(options.plugins) ? options.plugins : [options.plugins];

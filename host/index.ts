@@ -1,7 +1,8 @@
 /**
  * `sluice`: the host API. Everything not exported here is internal.
  */
-export { Sluice, type SluiceOptions } from './host.js';
+export { Sluice } from './host.js';
+export type { SluiceOptions, RetryPolicy } from './options.js';
 export type { Chunk, Durability, PluginInfo, Priority, Progress, ReadEvent, SluiceStream, StreamEvents, StreamInfo, StreamOptions, StreamResult, StreamStatus } from './types.js';
 export { SluiceError, errors, ERROR_CODES, type ErrorCode, type WireError } from '../protocol/errors.js';
 export type { Limits } from '../protocol/limits.js';

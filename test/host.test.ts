@@ -76,7 +76,11 @@ test('options are validated with messages that name the option and the value', a
   assert.throws(() => host.stream(P, 'count', {}, { limits: { cpu: 1 } as never }), { code: 'ERR_INVALID_ARGUMENT', message: /options.limits.cpu/ });
   assert.throws(() => host.stream(P, 'count', {}, { sandbox: 'docker' as never }), { code: 'ERR_INVALID_ARGUMENT' });
   assert.throws(() => host.stream('', 'count'), { code: 'ERR_INVALID_ARGUMENT' });
+  // Validated before anything starts: a leaked worker pool would keep this test process alive.
   await assert.rejects(Sluice.open({ maxQueued: -1 }), { code: 'ERR_INVALID_ARGUMENT' });
+  await assert.rejects(Sluice.open({ retries: { max: -1 } }), { code: 'ERR_INVALID_ARGUMENT', message: /retries\.max/ });
+  await assert.rejects(Sluice.open({ resume: 'auto' }), { code: 'ERR_INVALID_ARGUMENT', message: /`resume`/ });
+  await assert.rejects(Sluice.open({ memoryBudgetMb: { worker: 1.5 } }), { code: 'ERR_INVALID_ARGUMENT', message: /memoryBudgetMb\.worker/ });
 });
 
 test('plugins folder: good plugins are listed, bad manifests are reported with coded errors', async (t) => {
