@@ -1,0 +1,181 @@
+/**
+ * The contract in protocol/: the error catalogue and its doc, the host<->sandbox
+ * parsers (accept/reject tables), chunk validation and the credit arithmetic.
+ */
+import { describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import {
+  CreditBalance,
+  CreditLedger,
+  ERROR_CODES,
+  SluiceError,
+  copyChunk,
+  errors,
+  fromWireError,
+  parseFromSandbox,
+  parseStartSpec,
+  parseToSandbox,
+  toWireError,
+  type ErrorCode,
+} from '../protocol/index.js';
+
+describe('error catalogue', () => {
+  test('every code is documented in protocol/ERRORS.md exactly once, and the doc names no other code', async () => {
+    const doc = await readFile(fileURLToPath(new URL('../../protocol/ERRORS.md', import.meta.url)), 'utf8');
+    const documented = [...doc.matchAll(/^\| `(ERR_[A-Z_]+)` \|/gm)].map((m) => m[1]);
+    const codes = Object.keys(ERROR_CODES);
+    assert.deepEqual([...documented].sort(), [...codes].sort());
+    assert.equal(new Set(documented).size, documented.length, 'no code documented twice');
+  });
+
+  test('one generated class per code; the code survives a trip across the wire', () => {
+    for (const code of Object.keys(ERROR_CODES) as ErrorCode[]) {
+      const err = new errors[code]('why', { details: { n: 1 } });
+      assert.ok(err instanceof SluiceError);
+      assert.equal(err.code, code);
+      const back = fromWireError(structuredClone(toWireError(err)));
+      assert.equal(back.code, code);
+      assert.equal(back.message, 'why');
+      assert.deepEqual(back.details, { n: 1 });
+      assert.equal(back.retriable, err.retriable);
+    }
+    assert.equal(new errors.ERR_SANDBOX_CRASHED().retriable, true);
+    assert.equal(new errors.ERR_PLUGIN_THREW().retriable, false);
+  });
+
+  test('a thrown non-Error, or an error with a hostile getter, becomes ERR_PLUGIN_THREW data', () => {
+    assert.deepEqual(toWireError(42), { code: 'ERR_PLUGIN_THREW', message: '42', details: { thrownType: 'number' } });
+    const hostile = { get message() { throw new Error('gotcha'); } };
+    Object.setPrototypeOf(hostile, Error.prototype);
+    assert.equal(toWireError(hostile).code, 'ERR_PLUGIN_THREW');
+  });
+});
+
+describe('host <-> sandbox parsers', () => {
+  const fromSandboxAccept: unknown[] = [
+    { type: 'batch', firstSeq: 0, chunks: [1], bytes: 8, largest: 8 },
+    { type: 'progress', fraction: 0.5 },
+    { type: 'progress', fraction: 1, message: 'done' },
+    { type: 'checkpoint', seq: 3, state: { a: 1 } },
+    { type: 'log', level: 'warn', message: 'x' },
+    { type: 'end', kind: 'stream' },
+    { type: 'error', error: { code: 'ERR_PLUGIN_THREW', message: 'x' } },
+    { type: 'input-credit', chunks: 4, bytes: 100 },
+  ];
+  const fromSandboxReject: [string, unknown][] = [
+    ['not an object', 'batch'],
+    ['null', null],
+    ['unknown type', { type: 'hello' }],
+    ['empty batch', { type: 'batch', firstSeq: 0, chunks: [], bytes: 0, largest: 0 }],
+    ['negative seq', { type: 'batch', firstSeq: -1, chunks: [1], bytes: 8, largest: 8 }],
+    ['fractional bytes', { type: 'batch', firstSeq: 0, chunks: [1], bytes: 1.5, largest: 1 }],
+    ['progress over 1', { type: 'progress', fraction: 1.5 }],
+    ['progress NaN', { type: 'progress', fraction: Number.NaN }],
+    ['unknown log level', { type: 'log', level: 'trace', message: 'x' }],
+    ['unknown end kind', { type: 'end', kind: 'both' }],
+    ['error with an unknown code', { type: 'error', error: { code: 'ERR_NOPE', message: 'x' } }],
+    ['error without an object', { type: 'error', error: 'boom' }],
+  ];
+  for (const msg of fromSandboxAccept) test(`parseFromSandbox accepts ${JSON.stringify(msg)}`, () => assert.equal(parseFromSandbox(msg).type, (msg as { type: string }).type));
+  for (const [name, msg] of fromSandboxReject) {
+    test(`parseFromSandbox rejects ${name} with ERR_PROTOCOL`, () => assert.throws(() => parseFromSandbox(msg), { code: 'ERR_PROTOCOL' }));
+  }
+
+  test('parseToSandbox accepts the host messages and rejects anything else', () => {
+    for (const msg of [{ type: 'credit', chunks: 1, bytes: 1 }, { type: 'cancel', reason: 'x' }, { type: 'input', firstSeq: 0, chunks: [1], bytes: 8 }, { type: 'input-end' }, { type: 'input-error', error: { code: 'ERR_PLUGIN_THREW', message: 'x' } }]) {
+      assert.equal(parseToSandbox(msg).type, msg.type);
+    }
+    for (const bad of [{ type: 'credit', chunks: -1, bytes: 1 }, { type: 'credit', chunks: 1 }, { type: 'start' }, { type: 'input', firstSeq: 0, chunks: 'x', bytes: 1 }, 7]) {
+      assert.throws(() => parseToSandbox(bad), { code: 'ERR_PROTOCOL' });
+    }
+  });
+
+  test('parseStartSpec checks every field a sandbox relies on', () => {
+    const good = { streamId: 's', action: 'a', params: {}, window: { chunks: 4, bytes: 100 }, limits: { maxChunkBytes: 0, memoryMb: 64, cpuMs: 0 } };
+    assert.deepEqual(parseStartSpec(good).window, { chunks: 4, bytes: 100 });
+    assert.deepEqual(parseStartSpec({ ...good, resume: { seq: 5, state: 1 } }).resume, { seq: 5, state: 1 });
+    for (const bad of [{ ...good, streamId: '' }, { ...good, window: { chunks: 0, bytes: 1 } }, { ...good, limits: { memoryMb: 64 } }, { ...good, resume: { seq: -1 } }, { ...good, input: { window: {} } }]) {
+      assert.throws(() => parseStartSpec(bad), { code: /ERR_(PROTOCOL|INVALID_ARGUMENT)/ });
+    }
+  });
+});
+
+describe('chunk validation', () => {
+  test('JSON data and bytes are copied, never shared', () => {
+    const bytes = new Uint8Array([1, 2, 3]);
+    const value = { a: [1, 'x', null, true], b: bytes, __proto__: null } as Record<string, unknown>;
+    const { data, bytes: size } = copyChunk(value);
+    assert.deepEqual(JSON.parse(JSON.stringify(data, (_k, v) => (v instanceof Uint8Array ? [...v] : v))), { a: [1, 'x', null, true], b: [1, 2, 3] });
+    bytes[0] = 99;
+    assert.equal(((data as Record<string, unknown>).b as Uint8Array)[0], 1, 'mutating the original after the copy changes nothing');
+    assert.ok(size > 0);
+  });
+
+  test('a `__proto__` key stays data and cannot replace the prototype', () => {
+    const { data } = copyChunk(JSON.parse('{"__proto__": {"polluted": true}}'));
+    assert.equal(({} as Record<string, unknown>).polluted, undefined);
+    assert.deepEqual(Object.keys(data as object), ['__proto__']);
+  });
+
+  const invalid: [string, unknown][] = [
+    ['undefined', undefined],
+    ['a function', () => 1],
+    ['a symbol', Symbol('s')],
+    ['a bigint', 1n],
+    ['NaN', Number.NaN],
+    ['Infinity', Infinity],
+    ['a Date', new Date(0)],
+    ['a Map', new Map()],
+    ['a Float64Array', new Float64Array(1)],
+    ['a symbol key', { [Symbol('k')]: 1 }],
+    ['a class instance', new (class Thing {})()],
+  ];
+  for (const [name, value] of invalid) test(`${name} is ERR_CHUNK_INVALID`, () => assert.throws(() => copyChunk(value), { code: 'ERR_CHUNK_INVALID' }));
+
+  test('cycles, depth and size are bounded, and the path of the bad value is named', () => {
+    const cyclic: Record<string, unknown> = { a: {} };
+    (cyclic.a as Record<string, unknown>).back = cyclic;
+    assert.throws(() => copyChunk(cyclic), { code: 'ERR_CHUNK_INVALID', message: /chunk\.a\.back/ });
+    let deep: unknown = 0;
+    for (let i = 0; i < 100; i++) deep = [deep];
+    assert.throws(() => copyChunk(deep), { code: 'ERR_CHUNK_INVALID', message: /nested deeper/ });
+    assert.throws(() => copyChunk('x'.repeat(2000), { maxDepth: 64, maxChunkBytes: 1000 }), { code: 'ERR_LIMIT_CHUNK_BYTES' });
+    // A shared (non-cyclic) reference is fine.
+    const shared = { v: 1 };
+    assert.deepEqual(JSON.parse(JSON.stringify(copyChunk([shared, shared]).data)), [{ v: 1 }, { v: 1 }]);
+  });
+
+  test('a getter that throws is ERR_CHUNK_INVALID, not a crash', () => {
+    assert.throws(() => copyChunk({ get x() { throw new Error('no'); } }), { code: 'ERR_CHUNK_INVALID' });
+  });
+});
+
+describe('credit arithmetic', () => {
+  test('the sandbox stops when either balance runs out and may overshoot bytes by one chunk only', () => {
+    const b = new CreditBalance({ chunks: 3, bytes: 100 });
+    b.spend(60);
+    assert.ok(b.available);
+    b.spend(60);
+    assert.ok(!b.available, 'bytes exhausted (overshoot by one chunk)');
+    b.grant(0, 50);
+    assert.ok(b.available);
+    b.spend(1);
+    assert.ok(!b.available, 'chunks exhausted');
+  });
+
+  test('the host ledger rejects a sandbox that overspends, and returns credit in half-window slices', () => {
+    const l = new CreditLedger({ chunks: 10, bytes: 1000 });
+    assert.equal(l.receive(11, 10, 1), false, 'more chunks than granted');
+    assert.equal(l.receive(5, 600, 200), true);
+    assert.equal(l.receive(5, 600, 200), false, 'bytes overshot by more than the largest chunk');
+    assert.equal(l.receive(2, 500, 400), true, 'an overshoot of less than one chunk is allowed');
+    assert.equal(l.consume(1, 100), undefined, 'under half a window: held back');
+    const grant = l.consume(4, 500);
+    assert.deepEqual(grant, { chunks: 5, bytes: 600 });
+    assert.deepEqual(l.flush(), undefined);
+    l.consume(1, 10);
+    assert.deepEqual(l.flush(), { chunks: 1, bytes: 10 }, 'a waiting consumer gets everything back at once');
+  });
+});
