@@ -17,7 +17,7 @@ import type { Window } from '../protocol/credit.js';
 import { SluiceError, isSluiceError, toWireError } from '../protocol/errors.js';
 import { assertOneOf, assertString, fail } from '../protocol/assert.js';
 import { parsePartialLimits, resolveLimits, type Limits } from '../protocol/limits.js';
-import type { Resume, StartSpec } from '../protocol/messages.js';
+import type { StartSpec } from '../protocol/messages.js';
 import type { SandboxKind } from '../sandbox/sdk.js';
 import { HostMetrics } from './metrics.js';
 import { DEFAULTS, parseWindowOverride, resolveSettings, type RetryPolicy, type SluiceOptions } from './options.js';
@@ -27,28 +27,13 @@ import { parsePipeline } from '../protocol/pipeline.js';
 import { buildPipeline } from './operators/pipeline.js';
 import { PluginRegistry, type PluginProblem, type PluginRecord, type IsolateBundler } from './registry.js';
 import { PRIORITIES, Scheduler, type Ticket } from './scheduler.js';
-import { HostStream, type DurableLog, type StreamEngineHooks } from './stream.js';
+import { HostStream, type StreamEngineHooks } from './stream.js';
+import { DurableStream, type StartPoint } from './durable.js';
 import { WorkerPool } from './sandbox/worker-pool.js';
 import type { SandboxPool } from './sandbox/types.js';
-import type { Durability, PluginInfo, ReadEvent, SluiceStream, StreamInfo, StreamOptions, StreamResult, StreamStatus } from './types.js';
+import type { PluginInfo, ReadEvent, SluiceStream, StreamInfo, StreamOptions, StreamResult, StreamStatus } from './types.js';
 import { Store, isFinished, type StreamRecord } from './store/store.js';
 import type { ChunkData } from '../protocol/chunk.js';
-
-/** What the host keeps for a durable stream while it is live. */
-interface DurableState {
-  store: Store;
-  durability: Exclude<Durability, 'none'>;
-  log: DurableLog | undefined;
-  attempts: number;
-  retryTimer: NodeJS.Timeout | undefined;
-  /** Set when the stream was admitted: what a retry needs to start it again. */
-  restart: ((resume: Resume | undefined, startSeq: number) => Promise<void>) | undefined;
-  /** Checkpoint writes in flight, so the stream's end is stored after them. */
-  checkpoints: Promise<unknown>;
-  /** Resolves once the stream's record is in the store (readers of a just-started stream wait for it). */
-  recorded: Promise<void>;
-  markRecorded(): void;
-}
 
 interface Engine {
   options: SluiceOptions;
@@ -76,7 +61,9 @@ export class Sluice implements AsyncDisposable {
   readonly #tickets = new Map<HostStream, Ticket>();
   readonly #slots = new Map<HostStream, Ticket>();
   readonly #clocked = new Set<HostStream>();
-  readonly #durable = new Map<HostStream, DurableState>();
+  readonly #durable = new Map<HostStream, DurableStream>();
+  /** How to start a durable stream again (set once it is admitted). */
+  readonly #restarts = new Map<HostStream, (from: StartPoint) => Promise<void>>();
   #watchdog: NodeJS.Timeout | undefined;
   #closing: Promise<void> | undefined;
   readonly #hooks: StreamEngineHooks;
@@ -90,7 +77,7 @@ export class Sluice implements AsyncDisposable {
         engine.metrics.running.inc({ sandbox: kind });
         engine.metrics.streamsStarted.inc({ sandbox: kind });
         if (s.watchesClock) this.#watch(s);
-        this.#durable.get(s)?.store.setStatus(s.id, 'running').catch((err: unknown) => engine.logger.error({ err, stream: s.id }, 'store status update failed'));
+        this.#durable.get(s)?.running();
       },
       batch: (_s, chunks, bytes) => {
         engine.metrics.chunks.inc(chunks);
@@ -99,10 +86,7 @@ export class Sluice implements AsyncDisposable {
       finished: (s, result) => this.#finished(s, result),
       retry: (s, error) => this.#retry(s, error),
       dequeue: (s) => {
-        const d = this.#durable.get(s);
-        if (d?.retryTimer !== undefined) {
-          clearTimeout(d.retryTimer);
-          d.retryTimer = undefined;
+        if (this.#durable.get(s)?.cancelRetry() === true) {
           s.exit(undefined);
           return;
         }
@@ -348,21 +332,7 @@ export class Sluice implements AsyncDisposable {
     const stream = new HostStream(id, ref, action, this.#hooks);
     this.#live.set(id, stream);
     if (options.input !== undefined) stream.useInput(options.input, { ...this.#e.window, ...inputWindow });
-    if (store !== undefined && durability !== 'none') {
-      const log: DurableLog | undefined =
-        durability === 'log'
-          ? { append: (first, chunks) => store.appendChunks(id, first, chunks as ChunkData[]), read: (fromSeq, signal) => store.read(id, { fromSeq, signal }) }
-          : undefined;
-      let recorded!: () => void;
-      const d: DurableState = { store, durability, log, attempts: 0, retryTimer: undefined, restart: undefined, checkpoints: Promise.resolve(), recorded: new Promise<void>((r) => (recorded = r)), markRecorded: () => recorded() };
-      this.#durable.set(stream, d);
-      if (log !== undefined) stream.useLog(log);
-      if (resuming !== undefined) d.markRecorded();
-      void stream.result.then(() => d.markRecorded());
-      stream.on('checkpoint', ({ seq, state }) => {
-        d.checkpoints = store.putCheckpoint({ streamId: id, seq, state: state as ChunkData }).catch((err: unknown) => this.#e.logger.error({ err, stream: id }, 'checkpoint write failed'));
-      });
-    }
+    if (store !== undefined && durability !== 'none') this.#durable.set(stream, new DurableStream(store, stream, durability, this.#e.logger, resuming !== undefined));
     const signal = options.signal;
     if (signal !== undefined) {
       if (signal.aborted) void stream.cancel(reasonText(signal.reason));
@@ -428,24 +398,19 @@ export class Sluice implements AsyncDisposable {
           const saved: { [key: string]: ChunkData } = { limits: limits as ChunkData, window: window as ChunkData };
           if (options.sandbox !== undefined) saved.sandbox = options.sandbox;
           if (options.priority !== undefined) saved.priority = options.priority;
-          const retention = options.retention ?? e.options.store?.retention;
-          await d.store.createStream({ id: stream.id, plugin: stream.plugin, action: stream.action, params: input as ChunkData, options: saved, durability: d.durability, ...(retention !== undefined ? { retention } : {}), status: 'queued' });
-          d.markRecorded();
+          await d.create(input as ChunkData, saved, options.retention ?? e.options.store?.retention);
         }
-        const cp = d.store.getCheckpoint(stream.id);
-        if (cp !== undefined) spec.resume = { seq: cp.seq, state: cp.state };
-        const startSeq = cp?.seq ?? 0;
-        // In log mode the log says what readers had; otherwise nobody had anything past the checkpoint.
-        const tail = d.log !== undefined ? d.store.logTail(stream.id) : startSeq;
-        stream.setup({ limits: effective, window: spec.window, startSeq, tail });
-        d.restart = async (resume, seq) => {
+        const from = await d.startPoint();
+        if (from.resume !== undefined) spec.resume = from.resume;
+        stream.setup({ limits: effective, window: spec.window, startSeq: from.startSeq, tail: from.tail });
+        this.#restarts.set(stream, async (retryFrom) => {
           const retrySpec: StartSpec = { ...spec };
-          if (resume === undefined) delete retrySpec.resume;
-          else retrySpec.resume = resume;
-          stream.setup({ limits: effective, window: spec.window, startSeq: seq, tail: stream.tail });
+          if (retryFrom.resume === undefined) delete retrySpec.resume;
+          else retrySpec.resume = retryFrom.resume;
+          stream.setup({ limits: effective, window: spec.window, startSeq: retryFrom.startSeq, tail: stream.tail });
           const bundle = await record.bundle(kind);
           stream.attach(await e.pools[kind]!.start(bundle, retrySpec, stream));
-        };
+        });
       }
       if (stream.ended) {
         stream.exit(undefined);
@@ -485,19 +450,9 @@ export class Sluice implements AsyncDisposable {
 
   #finished(stream: HostStream, result: StreamResult): void {
     const e = this.#e;
-    const d = this.#durable.get(stream);
-    if (d !== undefined) {
-      this.#durable.delete(stream);
-      if (result.error?.code === 'ERR_HOST_CLOSED' || this.#closing !== undefined) {
-        // Not an end: the stream stays unfinished in the store, to be resumed by the next host.
-        stream.endReaders();
-      } else {
-        const status = result.status;
-        void d.checkpoints
-          .then(() => d.store.setStatus(stream.id, status, result.error))
-          .catch((err: unknown) => e.logger.error({ err, stream: stream.id }, 'store status update failed'));
-      }
-    }
+    this.#durable.get(stream)?.finished(result, this.#closing !== undefined);
+    this.#durable.delete(stream);
+    this.#restarts.delete(stream);
     this.#live.delete(stream.id);
     this.#clocked.delete(stream);
     this.#tickets.delete(stream);
@@ -520,22 +475,9 @@ export class Sluice implements AsyncDisposable {
    */
   #retry(stream: HostStream, error: SluiceError): boolean {
     const d = this.#durable.get(stream);
-    const policy = this.#e.retries;
-    if (d === undefined || d.restart === undefined || d.attempts >= policy.max || this.#closing !== undefined) return false;
-    d.attempts++;
-    const base = Math.min(policy.maxBackoffMs, policy.backoffMs * policy.factor ** (d.attempts - 1));
-    const delay = Math.round(base * (0.5 + Math.random() / 2));
-    this.#e.logger.warn({ stream: stream.id, code: error.code, attempt: d.attempts, delayMs: delay }, 'retrying durable stream from its checkpoint');
-    const restart = d.restart;
-    d.retryTimer = setTimeout(() => {
-      d.retryTimer = undefined;
-      void (async () => {
-        await d.checkpoints;
-        const cp = d.store.getCheckpoint(stream.id);
-        await restart(cp === undefined ? undefined : { seq: cp.seq, state: cp.state }, cp?.seq ?? 0);
-      })().catch((err: unknown) => stream.exit(asSluiceError(err, 'ERR_SANDBOX_CRASHED')));
-    }, delay);
-    return true;
+    const restart = this.#restarts.get(stream);
+    if (d === undefined || restart === undefined || this.#closing !== undefined) return false;
+    return d.retry(error, this.#e.retries, restart);
   }
 
   /** One timer for all wall/idle clocks, running only while some stream has one. */
