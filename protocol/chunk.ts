@@ -77,7 +77,8 @@ class Copier {
     if (depth >= this.rules.maxDepth) this.invalid(path, `nested deeper than ${this.rules.maxDepth} levels`);
     if (ArrayBuffer.isView(value)) {
       if (!(value instanceof Uint8Array)) this.invalid(path, `a ${Object.prototype.toString.call(value).slice(8, -1)}`);
-      this.add(value.byteLength, path);
+      // The intrinsic length, not a getter a subclass may override: it is what the copy reads.
+      this.add(typedLength(value), path);
       // slice() on a Buffer would share memory; copy into a plain Uint8Array.
       return new Uint8Array(value);
     }
@@ -138,4 +139,147 @@ export function copyChunk(value: unknown, rules: ChunkRules = DEFAULT_CHUNK_RULE
     if (err instanceof SluiceError) throw err;
     throw new SluiceError('ERR_CHUNK_INVALID', `Reading chunk ${path} threw: ${String((err as Error)?.message ?? err)}`, { cause: err });
   }
+}
+
+// ---- packed byte chunks ------------------------------------------------------------
+
+/** %TypedArray%.prototype.length, read without a subclass's getter in the way. */
+const typedLengthGetter = Object.getOwnPropertyDescriptor(Object.getPrototypeOf(Uint8Array.prototype) as object, 'length')!.get as (this: Uint8Array) => number;
+const typedSet = Uint8Array.prototype.set;
+
+function typedLength(value: Uint8Array): number {
+  return typedLengthGetter.call(value);
+}
+
+/**
+ * How a batch carries its byte chunks: copied back to back into one buffer, so a batch
+ * crosses a thread, an isolate or a pipe as one ArrayBuffer instead of one per chunk.
+ * `sizes[i]` is chunk i's length in `buffer` (chunks in order from offset 0), or
+ * UNPACKED when chunk i travels as itself in the batch's `chunks[i]`.
+ */
+export interface PackedBytes {
+  buffer: ArrayBuffer;
+  sizes: Int32Array;
+}
+
+export const UNPACKED = -1;
+/** Larger byte chunks travel as their own buffer: copying them into an arena buys nothing. */
+export const PACK_MAX_CHUNK_BYTES = 64 * 1024;
+const ARENA_MIN_BYTES = 4 * 1024;
+
+/**
+ * Builds one batch's PackedBytes. `pack` validates a Uint8Array chunk and copies it into
+ * the arena: that copy is the one read of the plugin's bytes, so bytes it changes after
+ * `yield` never reach the host. The arena is handed over whole by `take` (and may be
+ * transferred); the next batch starts a fresh one sized after the last.
+ */
+export class BytePacker {
+  #arena: Uint8Array<ArrayBuffer> | undefined;
+  #used = 0;
+  #sizes: number[] = [];
+  #packed = 0;
+  #lastUsed = ARENA_MIN_BYTES;
+
+  /**
+   * Pack `value` as chunk `index` of the batch when it is a Uint8Array of at most
+   * PACK_MAX_CHUNK_BYTES. Returns its size, or UNPACKED when the caller must copy it
+   * another way (copyChunk). Throws ERR_LIMIT_CHUNK_BYTES over `rules.maxChunkBytes`.
+   */
+  pack(value: unknown, index: number, rules: ChunkRules): number {
+    if (!(value instanceof Uint8Array)) return UNPACKED;
+    let size: number;
+    try {
+      size = typedLength(value);
+    } catch {
+      // Not really a typed array (a Proxy of one): copyChunk reports it as ERR_CHUNK_INVALID.
+      return UNPACKED;
+    }
+    if (size > PACK_MAX_CHUNK_BYTES) return UNPACKED;
+    const max = rules.maxChunkBytes;
+    if (max > 0 && size > max) {
+      throw new SluiceError('ERR_LIMIT_CHUNK_BYTES', `Chunk is larger than maxChunkBytes (${max}) at chunk`, { details: { limit: 'maxChunkBytes', max, path: 'chunk' } });
+    }
+    const end = this.#used + size;
+    let arena = this.#arena;
+    if (arena === undefined || end > arena.length) {
+      let capacity = arena === undefined ? this.#lastUsed : arena.length * 2;
+      while (capacity < end) capacity *= 2;
+      const grown = new Uint8Array(capacity);
+      if (arena !== undefined) typedSet.call(grown, arena.subarray(0, this.#used));
+      this.#arena = arena = grown;
+    }
+    typedSet.call(arena, value, this.#used);
+    this.#used = end;
+    while (this.#sizes.length < index) this.#sizes.push(UNPACKED);
+    this.#sizes.push(size);
+    this.#packed++;
+    return size;
+  }
+
+  /** The packed bytes of a batch of `count` chunks, or undefined when none was packed; resets for the next batch. */
+  take(count: number): PackedBytes | undefined {
+    if (this.#packed === 0) {
+      this.#sizes.length = 0;
+      return undefined;
+    }
+    const sizes = new Int32Array(count).fill(UNPACKED);
+    sizes.set(this.#sizes);
+    // Trim only when most of the arena is slack: a transferred arena costs nothing to send.
+    const arena = this.#arena!;
+    const buffer = this.#used * 2 < arena.length ? arena.slice(0, this.#used).buffer : arena.buffer;
+    this.#lastUsed = Math.max(ARENA_MIN_BYTES, this.#used);
+    this.#arena = undefined;
+    this.#used = 0;
+    this.#sizes = [];
+    this.#packed = 0;
+    return { buffer, sizes };
+  }
+}
+
+/**
+ * Check a batch's packing and give each packed chunk its own buffer (a copy, never a
+ * view: a consumer holding one chunk must not keep its whole batch alive). Throws
+ * ERR_PROTOCOL on a layout that does not fit its buffer.
+ */
+export function unpackChunks(chunks: unknown[], packed: PackedBytes): unknown[] {
+  const view = new Uint8Array(packed.buffer);
+  const sizes = packed.sizes;
+  const out = new Array<unknown>(chunks.length);
+  let offset = 0;
+  for (let i = 0; i < out.length; i++) {
+    const size = sizes[i]!;
+    if (size === UNPACKED) {
+      out[i] = chunks[i];
+      continue;
+    }
+    const end = offset + size;
+    out[i] = view.slice(offset, end);
+    offset = end;
+  }
+  return out;
+}
+
+/**
+ * Validate a packing against its batch: `sizes` has one entry per chunk, each UNPACKED or
+ * a length, a packed chunk has no value of its own, and the lengths fit `buffer`.
+ * Returns the total packed bytes. Throws ERR_PROTOCOL naming what is wrong.
+ */
+export function checkPacking(chunks: unknown[], packed: unknown, field = 'batch.packed'): PackedBytes {
+  const bad = (what: string): never => {
+    throw new SluiceError('ERR_PROTOCOL', `Expected \`${field}\` ${what}`, { details: { field } });
+  };
+  if (typeof packed !== 'object' || packed === null) return bad('to be an object');
+  const { buffer, sizes } = packed as Partial<PackedBytes>;
+  if (!(buffer instanceof ArrayBuffer)) return bad('.buffer to be an ArrayBuffer');
+  if (!(sizes instanceof Int32Array) || sizes.length !== chunks.length) return bad(`.sizes to be an Int32Array of ${chunks.length} entries`);
+  let total = 0;
+  for (let i = 0; i < sizes.length; i++) {
+    const size = sizes[i]!;
+    if (size === UNPACKED) continue;
+    if (size < 0) return bad(`.sizes[${i}] to be a length or ${UNPACKED}, got ${size}`);
+    if (chunks[i] !== undefined) return bad(`chunk ${i} to have no value of its own (it is packed)`);
+    total += size;
+  }
+  if (total > buffer.byteLength) return bad(`.buffer to hold ${total} bytes, it has ${buffer.byteLength}`);
+  return { buffer, sizes };
 }

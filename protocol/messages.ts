@@ -11,6 +11,7 @@ import { assertInteger, assertNumber, assertObject, assertOneOf, assertString, f
 import { isErrorCode, type WireError } from './errors.js';
 import type { Limits } from './limits.js';
 import { parseWindow, type Window } from './credit.js';
+import { checkPacking, unpackChunks, type PackedBytes } from './chunk.js';
 
 export type ActionKind = 'unary' | 'stream';
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
@@ -48,8 +49,12 @@ export type ToSandbox =
 // ---- sandbox -> host -------------------------------------------------------------
 
 export type FromSandbox =
-  /** Chunks `firstSeq .. firstSeq + chunks.length - 1`, in order. `bytes` is their estimated total size. */
-  | { type: 'batch'; firstSeq: number; chunks: unknown[]; bytes: number; largest: number }
+  /**
+   * Chunks `firstSeq .. firstSeq + chunks.length - 1`, in order. `bytes` is their estimated
+   * total size. With `packed`, the byte chunks it lists are in its buffer and have no
+   * value in `chunks`; `parseFromSandbox` gives each its own Uint8Array unless asked to keep the packing.
+   */
+  | { type: 'batch'; firstSeq: number; chunks: unknown[]; bytes: number; largest: number; packed?: PackedBytes }
   | { type: 'progress'; fraction: number; message?: string }
   /** State after the first `seq` chunks; always sent after the batch holding chunk seq-1. */
   | { type: 'checkpoint'; seq: number; state: unknown }
@@ -101,7 +106,7 @@ export function parseWireError(value: unknown, field = 'error'): WireError {
  * boundary (the worker runtime or the isolate's supervisor) already copied and
  * validated them; this checks the envelope the host relies on.
  */
-export function parseFromSandbox(data: unknown): FromSandbox {
+export function parseFromSandbox(data: unknown, options: { keepPacked?: boolean } = {}): FromSandbox {
   assertObject(data, 'message', 'ERR_PROTOCOL');
   switch (data.type) {
     case 'batch': {
@@ -109,7 +114,13 @@ export function parseFromSandbox(data: unknown): FromSandbox {
       if (!Array.isArray(data.chunks) || data.chunks.length === 0) fail('ERR_PROTOCOL', 'batch.chunks', 'a non-empty array', data.chunks);
       assertInteger(data.bytes, 'batch.bytes', 'ERR_PROTOCOL');
       assertInteger(data.largest, 'batch.largest', 'ERR_PROTOCOL');
-      return { type: 'batch', firstSeq: data.firstSeq, chunks: data.chunks, bytes: data.bytes, largest: data.largest };
+      const batch: FromSandbox = { type: 'batch', firstSeq: data.firstSeq, chunks: data.chunks as unknown[], bytes: data.bytes, largest: data.largest };
+      if (data.packed !== undefined) {
+        const packed = checkPacking(batch.chunks, data.packed);
+        if (options.keepPacked === true) batch.packed = packed;
+        else batch.chunks = unpackChunks(batch.chunks, packed);
+      }
+      return batch;
     }
     case 'progress': {
       assertNumber(data.fraction, 'progress.fraction', 'ERR_PROTOCOL', 0, 1);

@@ -8,7 +8,7 @@
  * it. A checkpoint, log line, end or error first flushes the chunks before it.
  */
 import { CreditBalance } from '../protocol/credit.js';
-import { copyChunk, type ChunkData, type ChunkRules } from '../protocol/chunk.js';
+import { BytePacker, UNPACKED, copyChunk, type ChunkData, type ChunkRules } from '../protocol/chunk.js';
 import { SluiceError, describeThrown, toWireError, type WireError } from '../protocol/errors.js';
 import type { ActionKind, FromSandbox, LogLevel, StartSpec, ToSandbox } from '../protocol/messages.js';
 import { MAX_LOG_MESSAGE } from '../protocol/messages.js';
@@ -17,8 +17,11 @@ import type { Action, PluginContext } from './sdk.js';
 import { InputQueue } from './input.js';
 
 export interface DriverEnv {
-  /** Send one message to the host (postMessage, or the isolate's emit callback). */
-  send(msg: FromSandbox): void;
+  /**
+   * Send one message to the host (postMessage, or the isolate's emit callback). `transfer`
+   * lists buffers nobody else holds (a batch's packed bytes) that may move instead of being copied.
+   */
+  send(msg: FromSandbox, transfer?: ArrayBuffer[]): void;
   /** Run `fn` soon, after pending microtasks: a batch then holds a tick's worth of chunks. */
   later(fn: () => void): void;
 }
@@ -38,7 +41,9 @@ export class StreamDriver {
   private readonly rules: ChunkRules;
   private readonly abort: AbortPair;
   private nextSeq: number;
-  private batch: ChunkData[] = [];
+  /** The batch's chunks; a packed byte chunk is a hole here and lives in `packer`. */
+  private batch: Array<ChunkData | undefined> = [];
+  private readonly packer = new BytePacker();
   private batchFirstSeq = 0;
   private batchBytes = 0;
   private batchLargest = 0;
@@ -166,7 +171,10 @@ export class StreamDriver {
   }
 
   private push(value: unknown): void {
-    const { data, bytes } = copyChunk(value, this.rules);
+    // Small byte chunks are copied once, into the batch's arena; anything else by copyChunk.
+    let bytes = this.packer.pack(value, this.batch.length, this.rules);
+    let data: ChunkData | undefined;
+    if (bytes === UNPACKED) ({ data, bytes } = copyChunk(value, this.rules));
     if (this.batch.length === 0) this.batchFirstSeq = this.nextSeq;
     this.batch.push(data);
     this.batchBytes += bytes;
@@ -191,7 +199,14 @@ export class StreamDriver {
     if (this.batch.length > 0) {
       const chunks = this.batch;
       this.batch = [];
-      this.env.send({ type: 'batch', firstSeq: this.batchFirstSeq, chunks, bytes: this.batchBytes, largest: this.batchLargest });
+      const packed = this.packer.take(chunks.length);
+      const msg: FromSandbox = { type: 'batch', firstSeq: this.batchFirstSeq, chunks, bytes: this.batchBytes, largest: this.batchLargest };
+      if (packed === undefined) this.env.send(msg);
+      else {
+        msg.packed = packed;
+        // The arena is this batch's alone: it moves to the host rather than being copied.
+        this.env.send(msg, [packed.buffer]);
+      }
       this.batchBytes = 0;
       this.batchLargest = 0;
     }

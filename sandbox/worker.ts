@@ -63,7 +63,7 @@ export default async function runTask(task: DescribeTask | StreamTask): Promise<
     }
   }
   const { port } = task;
-  const send = (msg: FromSandbox | WorkerHello): void => port.postMessage(msg);
+  const send = (msg: FromSandbox | WorkerHello, transfer?: ArrayBuffer[]): void => port.postMessage(msg, transfer);
   send({ type: 'hello', threadId });
   try {
     const spec = parseStartSpec(task.spec);

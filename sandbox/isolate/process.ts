@@ -21,7 +21,7 @@
 import { writeSync } from 'node:fs';
 import ivm from 'isolated-vm';
 import * as Comlink from 'comlink';
-import { copyChunk, type ChunkData, type ChunkRules } from '../../protocol/chunk.js';
+import { UNPACKED, copyChunk, type ChunkData, type ChunkRules } from '../../protocol/chunk.js';
 import { CreditLedger } from '../../protocol/credit.js';
 import { SluiceError, toWireError, type ErrorCode, type WireError } from '../../protocol/errors.js';
 import {
@@ -310,7 +310,8 @@ class IsolateStream {
     if (this.ended) return;
     let msg: FromSandbox;
     try {
-      msg = this.check(parseFromSandbox(raw));
+      // Packed bytes stay packed on their way to the host: one buffer per batch over IPC.
+      msg = this.check(parseFromSandbox(raw, { keepPacked: true }));
     } catch (err) {
       this.fail(toWireError(err, false, 'ERR_PROTOCOL'));
       return;
@@ -329,10 +330,23 @@ class IsolateStream {
         if (msg.firstSeq !== this.nextSeq) {
           throw new SluiceError('ERR_PROTOCOL', `Batch starts at seq ${msg.firstSeq}, expected ${this.nextSeq}`);
         }
-        const chunks = new Array<ChunkData>(msg.chunks.length);
+        const chunks = new Array<ChunkData | undefined>(msg.chunks.length);
+        const sizes = msg.packed?.sizes;
         let bytes = 0;
         let largest = 0;
         for (let i = 0; i < chunks.length; i++) {
+          const size = sizes === undefined ? UNPACKED : sizes[i]!;
+          if (size !== UNPACKED) {
+            // Packed bytes arrived in a buffer ivm copied out of the isolate: already ours, and any bytes are valid.
+            if (this.rules.maxChunkBytes > 0 && size > this.rules.maxChunkBytes) {
+              throw new SluiceError('ERR_LIMIT_CHUNK_BYTES', `Chunk is larger than maxChunkBytes (${this.rules.maxChunkBytes}) at chunk`, {
+                details: { limit: 'maxChunkBytes', max: this.rules.maxChunkBytes, path: 'chunk' },
+              });
+            }
+            bytes += size;
+            if (size > largest) largest = size;
+            continue;
+          }
           const copy = copyChunk(msg.chunks[i], this.rules);
           chunks[i] = copy.data;
           bytes += copy.bytes;
@@ -342,7 +356,9 @@ class IsolateStream {
           throw new SluiceError('ERR_PROTOCOL', `Sandbox sent ${chunks.length} chunks (${bytes} bytes) beyond its credit`);
         }
         this.nextSeq += chunks.length;
-        return { type: 'batch', firstSeq: msg.firstSeq, chunks, bytes, largest };
+        const batch: FromSandbox = { type: 'batch', firstSeq: msg.firstSeq, chunks, bytes, largest };
+        if (msg.packed !== undefined) batch.packed = msg.packed;
+        return batch;
       }
       case 'checkpoint':
         if (msg.seq !== this.nextSeq) throw new SluiceError('ERR_PROTOCOL', `Checkpoint at seq ${msg.seq}, expected ${this.nextSeq}`);
