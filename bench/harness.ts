@@ -3,6 +3,16 @@
  * (so drift on a shared machine hits every contender alike), and a figure is the
  * median over rounds of one contender's throughput relative to another's.
  */
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+
+/** A forced GC before each run, so one contender's garbage is not collected on another's clock. */
+const gc = ((): (() => void) | undefined => {
+  setFlagsFromString('--expose-gc');
+  const fn = runInNewContext('gc') as unknown;
+  return typeof fn === 'function' ? (fn as () => void) : undefined;
+})();
+
 export interface Contender {
   name: string;
   /** One timed run; returns its duration in ms. */
@@ -15,7 +25,7 @@ export function contender(name: string, run: () => Promise<void>): Contender {
     name,
     times: [],
     async run() {
-      (globalThis as { gc?: () => void }).gc?.();
+      gc?.();
       const t0 = performance.now();
       await run();
       return performance.now() - t0;

@@ -37,8 +37,8 @@ const WORKER_ENTRY = fileURLToPath(new URL('../../sandbox/worker.js', import.met
 /** Young generation is kept small; the limit a user sets is the old generation. */
 const YOUNG_GENERATION_MB = 16;
 const DESCRIBE_TIMEOUT_MS = 10_000;
-// Process-only flags (isolated-vm's --no-node-snapshot) make new Worker() throw.
-const PROCESS_ONLY_FLAGS = new Set(['--no-node-snapshot']);
+// Process-only flags (isolated-vm's --no-node-snapshot, --expose-gc) make new Worker() throw.
+const PROCESS_ONLY_FLAGS = new Set(['--no-node-snapshot', '--expose-gc', '--expose_gc']);
 const WORKER_EXEC_ARGV = process.execArgv.filter((a) => !PROCESS_ONLY_FLAGS.has(a));
 
 interface Running {
