@@ -2,9 +2,10 @@
  * Fan-out of one live, non-durable stream to many subscribers.
  *
  * A SluiceStream can be iterated once, so the server owns one consumer loop per
- * stream (`Broadcast`). Chunks it pulls are JSON-encoded once and kept in a ring of
- * the last `fanout.chunks` chunks (at most `fanout.bytes`); each subscriber is a
- * cursor into the ring plus the credit its client granted.
+ * stream (`Broadcast`). Chunks it pulls are JSON-encoded once and kept, as bytes, in a
+ * ring of the last `fanout.chunks` chunks (at most `fanout.bytes`, see ring.ts); each
+ * subscriber is a cursor into the ring plus the credit its client granted, and its
+ * frames are copied out of the ring behind a small per-subscriber header.
  *
  * Pacing: the loop pulls the next chunk only while some subscriber *wants* it: its
  * socket is under the high watermark, its credit reaches past the ring's head, and
@@ -22,12 +23,15 @@
 import type { ChunkData } from '../../protocol/chunk.js';
 import type { Chunk, Progress, SluiceStream } from '../types.js';
 import type { ServerMetrics } from './metrics.js';
+import { ChunkRing, type FrameScratch } from './ring.js';
 import { encodeChunkJson, endFrame, endFromThrown, errorFrame, type EndInfo, type Outlet, type Subscription } from './subscription.js';
 
 export interface FanoutLimits {
   ring: { chunks: number; bytes: number };
   batch: { chunks: number; bytes: number };
   lingerMs: number;
+  /** Where frames are assembled; shared by the server's broadcasts (sends copy it at once). */
+  scratch: FrameScratch;
 }
 
 /** Bytes one pull round may take, in batches: bounds what is pulled before sockets report congestion. */
@@ -41,13 +45,7 @@ export class Broadcast {
   readonly #metrics: ServerMetrics;
   readonly #onForget: (b: Broadcast) => void;
   #it: AsyncIterator<Chunk<ChunkData>> | undefined;
-  /** Encoded chunks by `seq % size`, and the bytes pulled up to and including each. */
-  readonly #ring: (string | undefined)[];
-  readonly #cumEnd: Float64Array;
-  #baseSeq = 0;
-  #nextSeq = 0;
-  #ringBytes = 0;
-  #pulledBytes = 0;
+  readonly #ring: ChunkRing;
   #pulling = false;
   #closed = false;
   /** The stream ended badly: pull its outcome whatever the demand. */
@@ -66,8 +64,7 @@ export class Broadcast {
     this.#limits = limits;
     this.#metrics = metrics;
     this.#onForget = onForget;
-    this.#ring = new Array<string | undefined>(limits.ring.chunks).fill(undefined);
-    this.#cumEnd = new Float64Array(limits.ring.chunks);
+    this.#ring = new ChunkRing(limits.ring);
     // Throws ERR_STREAM_CONSUMED when someone else already reads this stream.
     this.#it = stream[Symbol.asyncIterator]();
     stream.on('progress', this.#onProgress);
@@ -87,7 +84,7 @@ export class Broadcast {
 
   /** Seq of the next chunk the loop will pull (one past the newest in the ring). */
   get headSeq(): number {
-    return this.#nextSeq;
+    return this.#ring.nextSeq;
   }
 
   get subscriberCount(): number {
@@ -99,12 +96,13 @@ export class Broadcast {
    * before the ring's start are wanted, the gap the caller reports first.
    */
   subscribe(outlet: Outlet, sub: number, fromSeq: number, credit: number): { subscription: FanoutSubscription; gap?: { fromSeq: number; toSeq: number } } {
-    const cursor = Math.max(fromSeq, this.#baseSeq);
+    const baseSeq = this.#ring.baseSeq;
+    const cursor = Math.max(fromSeq, baseSeq);
     const s = new FanoutSubscription(this, outlet, sub, cursor, Math.min(credit, outlet.maxCredit));
     this.#subs.add(s);
     this.#disarmLinger();
     const result: { subscription: FanoutSubscription; gap?: { fromSeq: number; toSeq: number } } = { subscription: s };
-    if (fromSeq < this.#baseSeq) result.gap = { fromSeq, toSeq: this.#baseSeq };
+    if (fromSeq < baseSeq) result.gap = { fromSeq, toSeq: baseSeq };
     return result;
   }
 
@@ -134,27 +132,19 @@ export class Broadcast {
 
   // ---- pacing ----------------------------------------------------------------------
 
-  #bytesBefore(seq: number): number {
-    if (seq >= this.#nextSeq) return this.#pulledBytes;
-    if (seq <= this.#baseSeq) {
-      const i = this.#baseSeq % this.#ring.length;
-      const json = this.#ring[i];
-      return json === undefined ? this.#pulledBytes : this.#cumEnd[i]! - json.length;
-    }
-    return this.#cumEnd[(seq - 1) % this.#ring.length]!;
-  }
-
   /** The seq up to which (exclusive) some subscriber wants chunks pulled. */
   #demandLimit(): number {
-    if (this.#drainOutcome) return this.#nextSeq + 1;
-    let limit = this.#nextSeq;
+    const ring = this.#ring;
+    const next = ring.nextSeq;
+    if (this.#drainOutcome) return next + 1;
+    let limit = next;
     const maxUnsent = this.#limits.ring.bytes / 2;
     for (const s of this.#subs) {
       if (!s.outlet.writable || s.credit === 0) continue;
       // Never pull further ahead of a subscriber than the ring keeps, whatever its credit.
-      const want = s.cursor + Math.min(s.credit, this.#ring.length);
+      const want = s.cursor + Math.min(s.credit, this.#limits.ring.chunks);
       if (want <= limit) continue;
-      if (this.#pulledBytes - this.#bytesBefore(s.cursor) >= maxUnsent) continue;
+      if (ring.endByte - ring.startOf(s.cursor) >= maxUnsent) continue;
       limit = want;
     }
     return limit;
@@ -163,21 +153,22 @@ export class Broadcast {
   /** Pull while someone wants more. Called on subscribe, credit and drain. */
   kick(): void {
     if (this.#pulling || this.#ended !== undefined || this.#it === undefined) return;
-    if (this.#demandLimit() <= this.#nextSeq) return;
+    if (this.#demandLimit() <= this.#ring.nextSeq) return;
     this.#pulling = true;
     void this.#pullLoop();
   }
 
   async #pullLoop(): Promise<void> {
     const { chunks: roundChunks, bytes: batchBytes } = this.#limits.batch;
+    const ring = this.#ring;
     try {
       for (;;) {
         // Pull at most one round (a batch's worth), then let the flush send it, so a socket
         // crossing its high watermark is noticed before the next round is pulled.
-        const limit = Math.min(this.#demandLimit(), this.#nextSeq + roundChunks);
-        if (limit <= this.#nextSeq) break;
-        const roundStart = this.#pulledBytes;
-        while (this.#nextSeq < limit && this.#pulledBytes - roundStart < ROUND_BATCHES * batchBytes) {
+        const limit = Math.min(this.#demandLimit(), ring.nextSeq + roundChunks);
+        if (limit <= ring.nextSeq) break;
+        const roundStart = ring.pushedSize;
+        while (ring.nextSeq < limit && ring.pushedSize - roundStart < ROUND_BATCHES * batchBytes) {
           const it = this.#it;
           if (it === undefined || this.#ended !== undefined) return;
           const r = await it.next();
@@ -188,6 +179,7 @@ export class Broadcast {
           }
           this.#push(r.value);
         }
+        this.#commit();
         await new Promise<void>((resolve) => setImmediate(resolve));
         if (this.#ended !== undefined || this.#it === undefined) return;
       }
@@ -200,30 +192,22 @@ export class Broadcast {
   }
 
   #push(chunk: Chunk<ChunkData>): void {
+    const ring = this.#ring;
     // The host's seqs are authoritative; a resumed stream may not start at 0.
-    if (this.#nextSeq === 0 && this.#baseSeq === 0 && chunk.seq > 0) {
-      this.#baseSeq = this.#nextSeq = chunk.seq;
-    }
-    const json = encodeChunkJson(chunk.data);
-    const size = this.#ring.length;
-    let evicted = false;
-    // Make room first: the new chunk's slot is the oldest chunk's when the ring is full.
-    while (this.#nextSeq - this.#baseSeq >= size || (this.#nextSeq > this.#baseSeq && this.#ringBytes + json.length > this.#limits.ring.bytes)) {
-      const old = this.#baseSeq % size;
-      this.#ringBytes -= this.#ring[old]!.length;
-      this.#ring[old] = undefined;
-      this.#baseSeq++;
-      evicted = true;
-    }
-    this.#pulledBytes += json.length;
-    this.#ringBytes += json.length;
-    this.#ring[this.#nextSeq % size] = json;
-    this.#cumEnd[this.#nextSeq % size] = this.#pulledBytes;
-    this.#nextSeq++;
-    if (evicted) {
-      for (const s of this.#subs) if (s.cursor < this.#baseSeq) s.slow();
-    }
+    if (ring.nextSeq === 0 && ring.baseSeq === 0 && chunk.seq > 0) ring.startAt(chunk.seq);
+    if (ring.push(encodeChunkJson(chunk.data))) this.#dropSlow();
     this.#scheduleFlush();
+  }
+
+  /** Write the round's chunks into the ring, where frames can take them. */
+  #commit(): void {
+    if (this.#ring.commit()) this.#dropSlow();
+  }
+
+  /** Old chunks were evicted: whoever still needed them has fallen out of the ring. */
+  #dropSlow(): void {
+    const base = this.#ring.baseSeq;
+    for (const s of this.#subs) if (s.cursor < base) s.slow();
   }
 
   #scheduleFlush(): void {
@@ -233,6 +217,7 @@ export class Broadcast {
     // buffered in the host before one frame per subscriber carries them all.
     setImmediate(() => {
       this.#flushScheduled = false;
+      this.#commit();
       for (const s of this.#subs) this.deliver(s);
       this.kick();
     });
@@ -240,6 +225,7 @@ export class Broadcast {
 
   #end(end: EndInfo): void {
     if (this.#ended !== undefined) return;
+    this.#commit();
     this.#ended = end;
     this.#it = undefined;
     this.#stream.off('progress', this.#onProgress);
@@ -250,31 +236,18 @@ export class Broadcast {
   /** Send `s` what its credit and socket allow; then its end, if it has everything. */
   deliver(s: FanoutSubscription): void {
     const { chunks: maxChunks, bytes: maxBytes } = this.#limits.batch;
-    while (!s.closed && s.credit > 0 && s.cursor < this.#nextSeq && s.outlet.writable) {
-      if (s.cursor < this.#baseSeq) {
+    const ring = this.#ring;
+    while (!s.closed && s.credit > 0 && s.cursor < ring.committedSeq && s.outlet.writable) {
+      if (s.cursor < ring.baseSeq) {
         s.slow();
         return;
       }
-      const first = s.cursor;
-      const stop = Math.min(this.#nextSeq, first + Math.min(s.credit, maxChunks));
-      const size = this.#ring.length;
-      // String concatenation builds a rope; uWS flattens it once when sending.
-      let text = `{"type":"chunks","sub":${s.sub},"seq":${first},"data":[`;
-      let bytes = 0;
-      let count = 0;
-      for (let seq = first; seq < stop; seq++) {
-        const json = this.#ring[seq % size]!;
-        if (count > 0 && bytes + json.length > maxBytes) break;
-        text += count === 0 ? json : `,${json}`;
-        bytes += json.length;
-        count++;
-      }
-      text += ']}';
+      const { bytes, count } = ring.frame(this.#limits.scratch, s.sub, s.cursor, Math.min(s.credit, maxChunks), maxBytes);
       s.cursor += count;
       s.credit -= count;
-      s.outlet.sendChunks(text, count);
+      s.outlet.sendChunks(bytes, count);
     }
-    if (!s.closed && this.#ended !== undefined && s.cursor >= this.#nextSeq) {
+    if (!s.closed && this.#ended !== undefined && s.cursor >= ring.nextSeq) {
       s.outlet.sendFrame(endFrame(s.sub, this.#ended));
       s.close();
     }

@@ -11,6 +11,7 @@ import type { ResolvedServerConfig } from './config.js';
 import { Broadcast, type FanoutLimits } from './fanout.js';
 import type { ServerMetrics } from './metrics.js';
 import { ReaderSubscription } from './reader.js';
+import { FrameScratch } from './ring.js';
 import type { Outlet, Subscription } from './subscription.js';
 import type { ServerHost } from './types.js';
 
@@ -40,7 +41,7 @@ export class StreamHub {
     this.#host = host;
     this.#config = config;
     this.#metrics = metrics;
-    this.#fanout = { ring: config.fanout, batch: config.batch, lingerMs: config.lingerMs };
+    this.#fanout = { ring: config.fanout, batch: config.batch, lingerMs: config.lingerMs, scratch: new FrameScratch() };
   }
 
   get host(): ServerHost {

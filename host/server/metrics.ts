@@ -71,7 +71,7 @@ export class ServerMetrics {
     });
     new Counter({
       name: 'sluice_server_bytes_out_total',
-      help: 'Bytes of frames sent to clients (UTF-16 code units, exact for ASCII)',
+      help: 'Bytes of frames sent to clients (chunks frames in UTF-8 bytes; control frames in UTF-16 code units, exact for ASCII)',
       registers: [this.registry],
       collect() {
         mirror(this, t.bytesOut);

@@ -11,8 +11,11 @@ import { encodeChunkData } from '../../protocol/ws.js';
 export interface Outlet {
   /** Open and under the high watermark. */
   readonly writable: boolean;
-  /** Send a pre-encoded `chunks` frame of `count` chunks. */
-  sendChunks(text: string, count: number): void;
+  /**
+   * Send a pre-encoded `chunks` frame of `count` chunks: text, or its UTF-8 bytes. Bytes
+   * may be a view of a reused buffer: send (or copy) them before returning.
+   */
+  sendChunks(frame: string | Uint8Array, count: number): void;
   /** Send a control frame (not subject to credit; small and rare). */
   sendFrame(frame: ServerFrame): void;
   /** The subscription finished (end sent, or dropped); forget it. */

@@ -95,11 +95,11 @@ export class Connection implements Outlet {
 
   // ---- Outlet ----------------------------------------------------------------------
 
-  sendChunks(text: string, count: number): void {
+  sendChunks(frame: string | Uint8Array, count: number): void {
     const t = this.#ctx.metrics.tallies;
     t.chunksOut += count;
     t.frameOut('chunks');
-    this.#send(text);
+    this.#send(frame);
   }
 
   sendFrame(frame: ServerFrame): void {
@@ -114,10 +114,11 @@ export class Connection implements Outlet {
     this.#ctx.metrics.subscriptions.dec();
   }
 
-  #send(text: string): void {
+  #send(frame: string | Uint8Array): void {
     if (this.#closed) return;
-    const result = this.#ws.send(text, false, false);
-    this.#ctx.metrics.tallies.bytesOut += text.length;
+    // Text frames either way: uWS copies bytes out at once (into the socket or its buffer).
+    const result = this.#ws.send(frame, false, false);
+    this.#ctx.metrics.tallies.bytesOut += typeof frame === 'string' ? frame.length : frame.byteLength;
     const buffered = this.#ws.getBufferedAmount();
     if (result === SEND_DROPPED || buffered > this.#ctx.config.watermarks.hard) {
       this.#ctx.metrics.slowConsumers.inc();
