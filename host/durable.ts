@@ -28,6 +28,9 @@ export class DurableStream {
   #markRecorded!: () => void;
   /** Checkpoint writes in flight, so the stream's end is stored after them. */
   #checkpoints: Promise<unknown> = Promise.resolve();
+  /** The newest checkpoint not yet written; older ones it replaced never will be (only the last one matters). */
+  #pending: { seq: number; state: ChunkData } | undefined;
+  #writing = false;
   #attempts = 0;
   #retryTimer: NodeJS.Timeout | undefined;
 
@@ -47,8 +50,28 @@ export class DurableStream {
       stream.useLog(this.log);
     }
     stream.on('checkpoint', ({ seq, state }) => {
-      this.#checkpoints = store.putCheckpoint({ streamId: id, seq, state: state as ChunkData }).catch((err: unknown) => logger.error({ err, stream: id }, 'checkpoint write failed'));
+      this.#pending = { seq, state: state as ChunkData };
+      if (!this.#writing) this.#checkpoints = this.#writeCheckpoints();
     });
+  }
+
+  /**
+   * One checkpoint write at a time, always the newest: a plugin checkpointing every few
+   * chunks costs one flushed write per flush interval, not one per checkpoint. Each write
+   * is issued after the chunks before it were appended, so a stored checkpoint is never
+   * ahead of the log.
+   */
+  async #writeCheckpoints(): Promise<void> {
+    this.#writing = true;
+    try {
+      while (this.#pending !== undefined) {
+        const { seq, state } = this.#pending;
+        this.#pending = undefined;
+        await this.store.putCheckpoint({ streamId: this.stream.id, seq, state }).catch((err: unknown) => this.logger.error({ err, stream: this.stream.id }, 'checkpoint write failed'));
+      }
+    } finally {
+      this.#writing = false;
+    }
   }
 
   /** Record a new stream with what a later host needs to start it again. */
