@@ -21,10 +21,15 @@
  * BENCH_WS_ROUNDS (default 5), BENCH_WS_ONLY=e2e (skip the baselines), BENCH_WS_DEBUG
  * (print CPU, frame counts and per-round ratios).
  *
- * What the ratios mean: the raw baseline sends pre-serialised frames, so it does no
- * per-chunk work at all; the e2e server JSON-encodes every chunk (about half its CPU),
- * keeps it in the fan-out ring and paces it by credit and watermarks. With ~250 chunks
- * per frame the transport cost is amortised, so uWS's edge over `ws` barely shows.
+ * What the ratios mean: each client has its own stream, so nothing is shared between
+ * subscribers and every chunk is JSON-encoded once for its one subscriber, in the e2e
+ * server and in the `ws` host alike (same `encodeChunkJson`). The raw baseline sends
+ * pre-serialised frames: no per-chunk work at all (~60 ns of server CPU per chunk, all
+ * of it sends), so it measures the client. BENCH_WS_DEBUG prints each server's CPU
+ * per chunk: the stand-in plugin's `await next()` plus the encoding (~200 ns of the
+ * e2e server's ~390 ns in a profile) are a floor both sluice servers share, which is
+ * why e2e vs `ws` cannot approach 4x here: with ~250 chunks per frame the transport,
+ * where uWS beats `ws`, is a small part of either server's cost.
  */
 import { spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
@@ -336,15 +341,20 @@ export async function benchWs(): Promise<Record<string, number>> {
   const chunksPerFrame = Math.max(1, Math.round(chunksOut / Math.max(1, framesOut)));
   if (debug) console.error(metrics.split('\n').filter((l) => /pauses|frames_out|frames_in/.test(l)).join('\n'));
 
-  const timedE2e = async (): Promise<LoadResult> => {
+  /** One load run; with BENCH_WS_DEBUG, the server process's CPU per chunk too (all three servers live in this process). */
+  const timed = async (name: string, url: string): Promise<LoadResult> => {
     const cpu0 = process.cpuUsage();
-    const r = await runLoad(server.wsUrl, token);
+    const r = await runLoad(url, token);
     if (debug) {
       const cpu = process.cpuUsage(cpu0);
-      console.error(`e2e: ${r.ms.toFixed(0)} ms, server cpu user ${(cpu.user / 1000).toFixed(0)} ms sys ${(cpu.system / 1000).toFixed(0)} ms, client cpu ${String((r as unknown as { cpuMs: number }).cpuMs)} ms, frames ${r.frames}`);
+      const client = (r as unknown as { cpuMs: number }).cpuMs;
+      console.error(
+        `${name}: ${r.ms.toFixed(0)} ms, server cpu user ${(cpu.user / 1000).toFixed(0)} ms sys ${(cpu.system / 1000).toFixed(0)} ms (${(((cpu.user + cpu.system) * 1000) / r.chunks).toFixed(0)} ns/chunk), client cpu ${client.toFixed(0)} ms, frames ${r.frames}`,
+      );
     }
     return r;
   };
+  const timedE2e = (): Promise<LoadResult> => timed('e2e', server.wsUrl);
 
   if (process.env.BENCH_WS_ONLY === 'e2e') {
     const rates: number[] = [];
@@ -362,7 +372,7 @@ export async function benchWs(): Promise<Record<string, number>> {
 
   // Rounds: every contender once per round, in an order that rotates, each after a
   // forced GC; ratios are taken per round and the median is reported (bench/README.md).
-  const contenders: (() => Promise<LoadResult>)[] = [timedE2e, () => runLoad(raw.url, token), () => runLoad(viaWs.url, token)];
+  const contenders: (() => Promise<LoadResult>)[] = [timedE2e, () => timed('raw', raw.url), () => timed('ws', viaWs.url)];
   const rates: number[][] = [[], [], []];
   for (let round = 0; round < ROUNDS; round++) {
     for (let k = 0; k < contenders.length; k++) {
