@@ -77,6 +77,7 @@ function recording(host: Sluice): TaskHost & { streams: SluiceStream[] } {
   const streams: SluiceStream[] = [];
   return {
     streams,
+    acceptsInput: host.acceptsInput,
     stream(plugin, action, params, options) {
       const s = host.stream(plugin, action, params, options);
       streams.push(s);
@@ -116,7 +117,7 @@ test('parseTaskGraph accepts well-formed graphs and fills in defaults', () => {
     tasks: [
       { id: 'src', kind: 'stream', plugin: 'p', action: 'x', params: { n: 1 }, durability: 'checkpoint', output: 'discard', limits: { wallMs: 1000 } },
       { id: 'b', kind: 'call', plugin: 'p', action: 'y', dependsOn: ['src'], priority: 'high', retry: { factor: 3, on: ['ERR_PLUGIN_THREW'] } },
-      { id: 'c', kind: 'stream', plugin: 'p', action: 'z', input: 'src', description: 'reads src' },
+      { id: 'c', kind: 'stream', plugin: 'p', action: 'z', input: 'p', description: 'reads p' },
       { id: 'p', kind: 'pipeline', pipeline: { version: 1, source: { plugin: 'p', action: 'x' }, steps: [{ op: 'take', count: 2 }] } },
     ],
   });
@@ -130,7 +131,7 @@ test('parseTaskGraph accepts well-formed graphs and fills in defaults', () => {
   assert.ok(src!.kind === 'stream' && src!.durability === 'checkpoint' && src!.output === 'discard' && src!.collect.maxChunks === 5);
   assert.equal(b!.priority, 'high');
   assert.deepEqual({ ...b!.retry }, { ...DEFAULT_RETRY, max: 2, backoffMs: 50, factor: 3, on: ['ERR_PLUGIN_THREW'] });
-  assert.ok(c!.kind === 'stream' && c!.input === 'src');
+  assert.ok(c!.kind === 'stream' && c!.input === 'p');
   assert.ok(p!.kind === 'pipeline' && p!.pipeline.steps.length === 1);
   // A parsed graph parses again to the same thing (the runner re-parses what it is given).
   assert.deepEqual(parseTaskGraph(full), full);
@@ -177,6 +178,42 @@ const REJECT: [string, unknown, string, RegExp][] = [
     { tasks: [{ id: 's', kind: 'stream', plugin: 'p', action: 'x' }, { id: 'a', kind: 'stream', plugin: 'p', action: 'x', input: 's' }, { id: 'b', kind: 'stream', plugin: 'p', action: 'x', input: 's' }] },
     'ERR_TASK_INVALID',
     /already the input of `a`/,
+  ],
+  [
+    'a durable reader',
+    { tasks: [{ id: 's', kind: 'stream', plugin: 'p', action: 'x' }, { id: 'a', kind: 'stream', plugin: 'p', action: 'x', input: 's', durability: 'log' }] },
+    'ERR_TASK_INVALID',
+    /`tasks\.a\.durability`/,
+  ],
+  [
+    'a durable producer',
+    { tasks: [{ id: 's', kind: 'stream', plugin: 'p', action: 'x', durability: 'checkpoint' }, { id: 'a', kind: 'stream', plugin: 'p', action: 'x', input: 's' }] },
+    'ERR_TASK_INVALID',
+    /`tasks\.s\.durability`/,
+  ],
+  [
+    'waiting for a task of its own input chain',
+    {
+      tasks: [
+        { id: 's', kind: 'stream', plugin: 'p', action: 'x' },
+        { id: 'm', kind: 'stream', plugin: 'p', action: 'x', input: 's' },
+        { id: 'a', kind: 'call', plugin: 'p', action: 'x', input: 'm', dependsOn: ['s'] },
+      ],
+    },
+    'ERR_TASK_INVALID',
+    /`tasks\.a\.dependsOn` names `s`.*s -> m -> a/,
+  ],
+  [
+    'a chain waiting for itself through another task',
+    {
+      tasks: [
+        { id: 's', kind: 'stream', plugin: 'p', action: 'x' },
+        { id: 'o', kind: 'call', plugin: 'p', action: 'x', dependsOn: ['s'] },
+        { id: 'a', kind: 'stream', plugin: 'p', action: 'x', input: 's', dependsOn: ['o'] },
+      ],
+    },
+    'ERR_TASK_CYCLE',
+    /s\+a -> o -> s\+a/,
   ],
   ['unknown dependency', ok({ dependsOn: ['ghost'] }), 'ERR_TASK_NOT_FOUND', /`ghost`/],
   ['unknown input', ok({ kind: 'stream', input: 'ghost' }), 'ERR_TASK_NOT_FOUND', /`ghost`/],
@@ -569,11 +606,217 @@ test('a pipeline task runs through the operators and collects its items', async 
   assert.equal(host.streams().length, 0);
 });
 
-test('tasks with `input` are refused until the host can stream into an action', async (t) => {
-  const host = await openHost(t);
+// ---- input edges: one task's output streamed into another's params.input ----------------
+
+test('a host that cannot stream into an action (no acceptsInput) refuses tasks with `input`', () => {
+  const host: TaskHost = {
+    acceptsInput: false,
+    stream() {
+      throw new Error('must not start anything');
+    },
+  };
   assert.throws(
-    () => new TaskGraph(host, { tasks: [{ id: 's', kind: 'stream', plugin: CONF, action: 'count' }, { id: 'r', kind: 'stream', plugin: CONF, action: 'count', input: 's' }] }),
+    () => new TaskGraph(host, { tasks: [{ id: 's', kind: 'stream', plugin: CONF, action: 'count' }, { id: 'r', kind: 'stream', plugin: CONF, action: 'double', input: 's' }] }),
     (err: unknown) => err instanceof SluiceError && err.code === 'ERR_TASK_INVALID' && /tasks\.r\.input/.test(err.message),
+  );
+});
+
+test('count -> double: the reader gets the producer’s chunks as its input, both running at once', async (t) => {
+  const host = await openHost(t);
+  const { graph, info, events } = await run(host, {
+    defaults: { sandbox: 'worker' },
+    tasks: [
+      { id: 'count', kind: 'stream', plugin: CONF, action: 'count', params: { to: 5 } },
+      { id: 'double', kind: 'stream', plugin: CONF, action: 'double', input: 'count' },
+    ],
+  });
+  assert.equal(info.status, 'done', JSON.stringify(info.tasks.map((x) => x.error)));
+  assert.deepEqual(graph.output('double'), [0, 2, 4, 6, 8]);
+  // The producer's chunks went to its reader, not to its own output.
+  assert.equal(graph.output('count'), undefined);
+  const task = (id: string) => info.tasks.find((x) => x.id === id)!;
+  assert.equal(task('count').chunks, 5, 'items its reader took');
+  assert.equal(task('double').input, 'count');
+  // Concurrent, not ordered: each started before the other ended.
+  assert.ok(task('double').attempts[0]!.startedAt! < task('count').attempts[0]!.endedAt!);
+  assert.ok(task('count').attempts[0]!.startedAt! < task('double').attempts[0]!.endedAt!);
+  assert.ok(indexOf(events, 'double', 'running') < indexOf(events, 'count', 'done'));
+  assert.equal(host.streams().length, 0);
+});
+
+test('count -> sum: a unary reader (a call task) gets the sum; chains compose (count -> double -> sum)', async (t) => {
+  const host = await openHost(t);
+  const { graph, info } = await run(host, {
+    defaults: { sandbox: 'worker' },
+    tasks: [
+      { id: 'n', kind: 'stream', plugin: CONF, action: 'syncCount', params: { to: 10 } },
+      { id: 'total', kind: 'call', plugin: CONF, action: 'sum', input: 'n' },
+      { id: 'm', kind: 'stream', plugin: CONF, action: 'syncCount', params: { to: 10 } },
+      { id: 'twice', kind: 'stream', plugin: CONF, action: 'double', input: 'm' },
+      { id: 'total2', kind: 'call', plugin: CONF, action: 'sum', input: 'twice' },
+      // A pipeline task's items can be an input too.
+      { id: 'p', kind: 'pipeline', pipeline: { version: 1, source: { plugin: CONF, action: 'count', params: { to: 20 } }, steps: [{ op: 'map', get: 'i' }, { op: 'take', count: 4 }] } },
+      { id: 'total3', kind: 'call', plugin: CONF, action: 'sum', input: 'p' },
+      // Outside dependencies still gate a chain, and a chain gates its dependents.
+      { id: 'after', kind: 'call', plugin: CONF, action: 'echo', params: { ok: 1 }, dependsOn: ['total', 'twice'] },
+    ],
+  });
+  assert.equal(info.status, 'done', JSON.stringify(info.tasks.map((x) => x.error)));
+  assert.equal(graph.output('total'), 45);
+  assert.equal(graph.output('total2'), 90);
+  assert.equal(graph.output('total3'), 6);
+  assert.equal(graph.output('twice'), undefined);
+  assert.deepEqual(graph.output('after'), { ok: 1 });
+  assert.equal(host.streams().length, 0);
+});
+
+test('a reader that stops reading early ends its producer, which counts as done', async (t) => {
+  const host = await openHost(t);
+  const { graph, info } = await run(host, {
+    defaults: { sandbox: 'worker' },
+    tasks: [
+      { id: 'forever', kind: 'stream', plugin: FIX, action: 'ticks', params: { n: 0, ms: 2 } },
+      { id: 'head', kind: 'call', plugin: FIX, action: 'head', params: { n: 3 }, input: 'forever' },
+      { id: 'next', kind: 'call', plugin: CONF, action: 'echo', dependsOn: ['forever'] },
+    ],
+  });
+  assert.equal(info.status, 'done', JSON.stringify(info.tasks.map((x) => x.error)));
+  assert.deepEqual(graph.output('head'), [0, 1, 2]);
+  const forever = info.tasks.find((x) => x.id === 'forever')!;
+  assert.equal(forever.status, 'done');
+  assert.equal(forever.attempts[0]!.status, 'cancelled', 'its stream was stopped');
+  assert.equal(host.streams().length, 0);
+});
+
+test('an upstream failure fails its reader with the upstream’s code, and the reader’s dependents', async (t) => {
+  const host = await openHost(t);
+  const file = await counterFile(t);
+  const { info, graph } = await run(host, {
+    defaults: { sandbox: 'worker' },
+    tasks: [
+      { id: 'src', kind: 'stream', plugin: FIX, action: 'flaky', params: { counterFile: file, failTimes: 1, mode: 'throw' } },
+      { id: 'double', kind: 'stream', plugin: CONF, action: 'double', input: 'src' },
+      { id: 'after', kind: 'call', plugin: CONF, action: 'echo', dependsOn: ['double'] },
+    ],
+  });
+  const task = (id: string) => info.tasks.find((x) => x.id === id)!;
+  assert.equal(info.status, 'failed');
+  assert.equal(task('src').status, 'failed');
+  assert.equal(task('src').error?.code, 'ERR_PLUGIN_THREW');
+  assert.equal(task('double').status, 'failed');
+  assert.equal(task('double').error?.code, task('src').error?.code, 'the reader fails with its input’s code');
+  assert.match(task('double').error!.message, /flaky attempt 1/);
+  assert.equal(task('after').error?.code, 'ERR_DEPENDENCY_FAILED');
+  assert.equal(task('after').error?.details?.dependency, 'double');
+  // ERR_PLUGIN_THREW is not retried by default: one attempt each.
+  assert.deepEqual([task('src').attempts.length, task('double').attempts.length], [1, 1]);
+  assert.equal(graph.output('double'), undefined);
+  assert.equal(host.streams().length, 0);
+});
+
+test('cancel cascades through an input edge: cancelling the reader cancels its producer, and the other way', async (t) => {
+  const host = await openHost(t);
+  const endless = {
+    defaults: { sandbox: 'worker' },
+    tasks: [
+      { id: 'feed', kind: 'stream', plugin: FIX, action: 'ticks', params: { n: 0, ms: 5 } },
+      { id: 'double', kind: 'stream', plugin: CONF, action: 'double', input: 'feed', output: 'discard' },
+      { id: 'after', kind: 'call', plugin: CONF, action: 'echo', dependsOn: ['double'] },
+    ],
+  };
+  for (const target of ['double', 'feed'] as const) {
+    const rec = recording(host);
+    const graph = new TaskGraph(rec, endless);
+    const done = graph.start();
+    // The reader starts first; its producer once the reader asks for input. Both run before the cancel.
+    await waitForStatus(graph, (e) => e.task === 'feed' && e.status === 'running');
+    assert.equal(graph.task('double').status, 'running');
+    assert.equal(graph.cancel(target, 'test says stop'), true);
+    const info = await within(done, DEADLINE_MS, `graph end after cancelling ${target}`);
+    const task = (id: string) => info.tasks.find((x) => x.id === id)!;
+    assert.equal(info.status, 'cancelled');
+    for (const id of ['feed', 'double', 'after']) assert.equal(task(id).status, 'cancelled', `${id} after cancelling ${target}`);
+    if (target === 'double') assert.equal(task('feed').error?.details?.reader, 'double', 'the producer names the reader that was cancelled');
+    else assert.equal(task('double').error?.details?.dependency, 'feed');
+    assert.equal(task('after').attempts.length, 0);
+    for (const s of rec.streams) assert.equal((await within(s.result, 1, 'stream exited')).status, 'cancelled');
+    assert.equal(rec.streams.length, 2);
+    assert.equal(host.streams().length, 0);
+  }
+});
+
+test('a retriable failure on an input edge retries the pair: both run again, each value once', async (t) => {
+  const host = await openHost(t);
+  const file = await counterFile(t);
+  const { info, graph, events } = await run(host, {
+    defaults: { sandbox: 'worker' },
+    tasks: [
+      { id: 'src', kind: 'stream', plugin: FIX, action: 'flaky', params: { counterFile: file, failTimes: 1, mode: 'crash' }, retry: { max: 2, backoffMs: 20, jitter: 0 } },
+      // The reader's own policy is not what counts: the failure started upstream.
+      { id: 'double', kind: 'stream', plugin: CONF, action: 'double', input: 'src' },
+    ],
+  });
+  const task = (id: string) => info.tasks.find((x) => x.id === id)!;
+  assert.equal(info.status, 'done', JSON.stringify(info.tasks.map((x) => x.error)));
+  assert.deepEqual(task('src').attempts.map((a) => a.error?.code ?? a.status), ['ERR_SANDBOX_CRASHED', 'done']);
+  assert.equal(task('double').attempts.length, 2, 'the reader ran again with the new input');
+  assert.deepEqual(graph.output('double'), [0, 2, 4]);
+  const waits = events.filter((e) => e.status === 'waiting').map((e) => e.task);
+  assert.deepEqual(waits.sort(), ['double', 'src']);
+  assert.equal(host.streams().length, 0);
+});
+
+test('a host with one worker slot: the pair fails with ERR_QUEUE_FULL after admitTimeoutMs instead of hanging', async (t) => {
+  const host = await openHost(t, { workers: { maxThreads: 1, minThreads: 1 } });
+  const started = Date.now();
+  const { info } = await run(
+    host,
+    {
+      defaults: { sandbox: 'worker' },
+      tasks: [
+        { id: 'count', kind: 'stream', plugin: CONF, action: 'count', params: { to: 5 } },
+        { id: 'double', kind: 'stream', plugin: CONF, action: 'double', input: 'count' },
+      ],
+    },
+    { admitTimeoutMs: 300 },
+  );
+  const task = (id: string) => info.tasks.find((x) => x.id === id)!;
+  assert.equal(info.status, 'failed');
+  assert.equal(task('count').error?.code, 'ERR_QUEUE_FULL');
+  assert.match(task('count').error!.message, /maxThreads/);
+  assert.equal(task('count').attempts[0]!.startedAt, undefined, 'the producer never got a slot');
+  assert.equal(task('double').error?.code, 'ERR_QUEUE_FULL', 'its reader fails with its input’s error');
+  assert.ok(Date.now() - started < 5_000);
+  assert.equal(host.streams().length, 0);
+});
+
+test('two pairs on a two-slot host are admitted one pair at a time, so neither holds half the slots', async (t) => {
+  const host = await openHost(t, { workers: { maxThreads: 2, minThreads: 2 } });
+  const tasks = [0, 1, 2].flatMap((k) => [
+    { id: `n${k}`, kind: 'stream', plugin: CONF, action: 'syncCount', params: { to: 100 } },
+    { id: `sum${k}`, kind: 'call', plugin: CONF, action: 'sum', input: `n${k}` },
+  ]);
+  const { info, graph } = await run(host, { defaults: { sandbox: 'worker' }, tasks }, { admitTimeoutMs: 5_000 });
+  assert.equal(info.status, 'done', JSON.stringify(info.tasks.map((x) => x.error)));
+  for (const k of [0, 1, 2]) assert.equal(graph.output(`sum${k}`), 4950);
+});
+
+test('input edges refused at construction: a chain longer than the concurrency, a sink on a producer', async (t) => {
+  const host = await openHost(t);
+  const chain = {
+    tasks: [
+      { id: 'a', kind: 'stream', plugin: CONF, action: 'count', params: { to: 3 } },
+      { id: 'b', kind: 'stream', plugin: CONF, action: 'double', input: 'a' },
+      { id: 'c', kind: 'call', plugin: CONF, action: 'sum', input: 'b' },
+    ],
+  };
+  assert.throws(
+    () => new TaskGraph(host, chain, { concurrency: 2 }),
+    (err: unknown) => err instanceof SluiceError && err.code === 'ERR_TASK_INVALID' && /a -> b -> c/.test(err.message) && /concurrency/.test(err.message),
+  );
+  assert.throws(
+    () => new TaskGraph(host, chain, { sinks: { a: () => undefined } }),
+    (err: unknown) => err instanceof SluiceError && err.code === 'ERR_INVALID_ARGUMENT' && /options\.sinks\.a/.test(err.message),
   );
 });
 

@@ -59,6 +59,19 @@ export interface AttemptPlan {
   resume?: { streamId: string; seq: number };
   /** Aborting cancels the attempt's stream (or pipeline). */
   signal: AbortSignal;
+  /** The task's input (another task's output), handed to the host as `StreamOptions.input`. */
+  input?: AsyncIterable<unknown>;
+  /**
+   * The task's output is another task's input: start only once that reader asks for
+   * its first item (false: it stopped before, so the attempt ends cancelled without
+   * starting), and keep no output in memory (no collect bounds).
+   */
+  reader?: { pulled: Promise<boolean>; task: string };
+  /**
+   * How long each stream this attempt opens may stay queued for a sandbox slot
+   * (ERR_QUEUE_FULL after): set for producers, whose reader already holds a slot.
+   */
+  admitTimeoutMs?: number;
 }
 
 export interface AttemptOutcome {
@@ -92,13 +105,16 @@ async function deliver(hooks: AttemptHooks, chunk: Chunk<unknown>): Promise<void
   }
 }
 
-/** Stream options for a task: its priority, sandbox, limits and durability. */
-export function streamOptions(spec: TaskSpec, extra: Partial<StreamOptions> = {}): StreamOptions {
+/**
+ * Stream options for a task: its priority, sandbox, limits and durability. `piped`: its
+ * output goes to another task's input, not to memory, so no collect bounds apply.
+ */
+export function streamOptions(spec: TaskSpec, extra: Partial<StreamOptions> = {}, piped = false): StreamOptions {
   const options: StreamOptions = { priority: spec.priority, ...extra };
   if (spec.sandbox !== undefined) options.sandbox = spec.sandbox;
   const limits = { ...spec.limits };
   // Collected output lives in memory: the host enforces the bound and stops the producer.
-  if (spec.kind === 'call' || (spec.kind === 'stream' && spec.output === 'collect')) {
+  if (!piped && (spec.kind === 'call' || (spec.kind === 'stream' && spec.output === 'collect'))) {
     limits.maxChunks = limits.maxChunks ? Math.min(limits.maxChunks, spec.collect.maxChunks) : spec.collect.maxChunks;
     limits.maxBytes = limits.maxBytes ? Math.min(limits.maxBytes, spec.collect.maxBytes) : spec.collect.maxBytes;
   }
@@ -112,6 +128,7 @@ export async function runStreamAttempt(host: TaskHost, spec: Exclude<TaskSpec, P
   const { signal } = plan;
   let stream: SluiceStream;
   try {
+    if (!(await readerPulled(plan))) return readerGone(plan);
     signal.throwIfAborted();
     let resumed: SluiceStream | undefined;
     if (plan.resume !== undefined && host.resume !== undefined) {
@@ -125,7 +142,8 @@ export async function runStreamAttempt(host: TaskHost, spec: Exclude<TaskSpec, P
       }
     }
     signal.throwIfAborted();
-    stream = resumed ?? host.stream(spec.plugin, spec.action, spec.params, streamOptions(spec));
+    const extra: Partial<StreamOptions> = plan.input === undefined ? {} : { input: plan.input };
+    stream = resumed ?? host.stream(spec.plugin, spec.action, spec.params, streamOptions(spec, extra, plan.reader !== undefined));
   } catch (err) {
     const error = signal.aborted ? reasonOf(signal) : asSluiceError(err, 'ERR_PLUGIN_THREW');
     return { status: error.code === 'ERR_CANCELLED' ? 'cancelled' : 'failed', error, chunks: 0, bytes: 0 };
@@ -141,6 +159,11 @@ export async function runStreamAttempt(host: TaskHost, spec: Exclude<TaskSpec, P
   signal.addEventListener('abort', onAbort, { once: true });
   if (stream.status === 'running') hooks.running();
   if (signal.aborted) onAbort();
+  let stalled: SluiceError | undefined;
+  const unwatch = watchAdmission(stream, spec.id, plan.admitTimeoutMs, (error) => {
+    stalled = error;
+    void stream.cancel(error.message);
+  });
   let sinkError: SluiceError | undefined;
   try {
     for await (const chunk of stream) {
@@ -154,6 +177,7 @@ export async function runStreamAttempt(host: TaskHost, spec: Exclude<TaskSpec, P
     signal.removeEventListener('abort', onAbort);
   }
   const result = await stream.result;
+  unwatch();
   stream.off('status', onStatus);
   stream.off('checkpoint', onCheckpoint);
   const outcome: AttemptOutcome = { status: result.status, chunks: result.chunks, bytes: result.bytes };
@@ -161,6 +185,9 @@ export async function runStreamAttempt(host: TaskHost, spec: Exclude<TaskSpec, P
   if (sinkError !== undefined) {
     outcome.status = 'failed';
     outcome.error = sinkError;
+  } else if (stalled !== undefined && result.status !== 'done') {
+    outcome.status = 'failed';
+    outcome.error = stalled;
   } else if (result.error !== undefined) outcome.error = result.error;
   return outcome;
 }
@@ -171,19 +198,29 @@ export async function runStreamAttempt(host: TaskHost, spec: Exclude<TaskSpec, P
  * streams produced.
  */
 export async function runPipelineAttempt(host: TaskHost, spec: PipelineTaskSpec, plan: AttemptPlan, hooks: AttemptHooks): Promise<AttemptOutcome> {
-  const { signal } = plan;
   let seq = 0;
   // Returning the pipeline cancels its plugin streams without waiting for them to exit;
   // the attempt does wait, so no stream outlives the task.
   const opened: SluiceStream[] = [];
+  const unwatch: (() => void)[] = [];
+  const stall = new AbortController();
+  let stalled: SluiceError | undefined;
+  const signal = AbortSignal.any([plan.signal, stall.signal]);
   try {
+    if (!(await readerPulled(plan))) return readerGone(plan);
     signal.throwIfAborted();
     const out = buildPipeline(
       spec.pipeline,
       {
         stream: (plugin, action, params, input) => {
-          const stream = host.stream(plugin, action, params, streamOptions(spec, input === undefined ? {} : ({ input } as Partial<StreamOptions>)));
+          const stream = host.stream(plugin, action, params, streamOptions(spec, input === undefined ? {} : ({ input } as Partial<StreamOptions>), plan.reader !== undefined));
           opened.push(stream);
+          unwatch.push(
+            watchAdmission(stream, spec.id, plan.admitTimeoutMs, (error) => {
+              stalled ??= error;
+              stall.abort(error);
+            }),
+          );
           return stream;
         },
       },
@@ -196,11 +233,64 @@ export async function runPipelineAttempt(host: TaskHost, spec: PipelineTaskSpec,
     }
     return { status: 'done', chunks: seq, bytes: await exited(opened) };
   } catch (err) {
+    for (const stop of unwatch) stop();
     const bytes = await exited(opened);
-    if (signal.aborted) return { status: 'cancelled', error: reasonOf(signal), chunks: seq, bytes };
+    if (stalled !== undefined && !plan.signal.aborted) return { status: 'failed', error: stalled, chunks: seq, bytes };
+    if (signal.aborted) return { status: 'cancelled', error: reasonOf(plan.signal), chunks: seq, bytes };
     const error = err instanceof SinkError ? err.error : asSluiceError(err);
     return { status: error.code === 'ERR_CANCELLED' ? 'cancelled' : 'failed', error, chunks: seq, bytes };
   }
+}
+
+/** For a producer: whether its reader asked for input (false: it stopped first); cut short by the signal. */
+async function readerPulled(plan: AttemptPlan): Promise<boolean> {
+  if (plan.reader === undefined) return true;
+  const { signal } = plan;
+  signal.throwIfAborted();
+  let onAbort!: () => void;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([plan.reader.pulled, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}
+
+function readerGone(plan: AttemptPlan): AttemptOutcome {
+  const error = new SluiceError('ERR_CANCELLED', `Not started: its reader \`${plan.reader?.task}\` ended before reading its input`);
+  return { status: 'cancelled', error, chunks: 0, bytes: 0 };
+}
+
+/**
+ * Fail a stream that stays queued for `ms`: a producer's reader already holds its
+ * sandbox slot, so on a host with no slot to spare (or all of them held by other
+ * readers) it would wait forever. Returns a function that stops watching.
+ */
+function watchAdmission(stream: SluiceStream, task: string, ms: number | undefined, onStall: (error: SluiceError) => void): () => void {
+  if (ms === undefined || stream.status !== 'queued') return () => undefined;
+  const stop = (): void => {
+    clearTimeout(timer);
+    stream.off('status', onStatus);
+  };
+  const onStatus = (status: StreamStatus): void => {
+    if (status !== 'queued') stop();
+  };
+  const timer = setTimeout(() => {
+    stop();
+    onStall(
+      new SluiceError(
+        'ERR_QUEUE_FULL',
+        `Task \`${task}\` waited ${ms} ms for a sandbox slot while its reader held one: both ends of an input edge run at once, so the host needs a free slot for each (raise workers.maxThreads or isolates.maxStreams, or run fewer streams beside the graph)`,
+        { details: { task, admitTimeoutMs: ms } },
+      ),
+    );
+  }, ms);
+  stream.on('status', onStatus);
+  void stream.result.then(stop);
+  return stop;
 }
 
 /** Wait for the streams to exit (each is bounded by the host's cancel grace); their bytes. */

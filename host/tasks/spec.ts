@@ -14,7 +14,7 @@ import { parsePipeline, type Pipeline } from '../../protocol/pipeline.js';
 import { parsePartialLimits, type Limits } from '../../protocol/limits.js';
 import type { SandboxKind } from '../../sandbox/sdk.js';
 import type { Durability, Priority } from '../types.js';
-import { checkGraph } from './graph.js';
+import { checkGraph, findCycle } from './graph.js';
 
 export const TASK_KINDS = ['call', 'stream', 'pipeline'] as const;
 export type TaskKind = (typeof TASK_KINDS)[number];
@@ -78,6 +78,8 @@ export interface CallTaskSpec extends TaskBase {
   readonly action: string;
   readonly params: unknown;
   readonly collect: CollectBounds;
+  /** Another task (stream or pipeline) whose output the action reads as `params.input`. */
+  readonly input?: string;
 }
 
 export interface StreamTaskSpec extends TaskBase {
@@ -88,7 +90,10 @@ export interface StreamTaskSpec extends TaskBase {
   readonly output: OutputMode;
   readonly collect: CollectBounds;
   readonly durability: Durability;
-  /** Another task whose stream this one reads as its input (needs host support, see runner). */
+  /**
+   * Another task (stream or pipeline) whose output this one reads as `params.input`
+   * (StreamOptions.input). Both run at once; see `inputChains` and the runner.
+   */
   readonly input?: string;
 }
 
@@ -116,7 +121,7 @@ const GRAPH_KEYS = new Set(['$schema', 'version', 'name', 'concurrency', 'failFa
 const DEFAULT_KEYS = new Set(['priority', 'sandbox', 'retry', 'collect']);
 const COMMON_KEYS = ['id', 'kind', 'priority', 'dependsOn', 'retry', 'sandbox', 'limits', 'description'];
 const TASK_KEYS: Record<TaskKind, Set<string>> = {
-  call: new Set([...COMMON_KEYS, 'plugin', 'action', 'params', 'collect']),
+  call: new Set([...COMMON_KEYS, 'plugin', 'action', 'params', 'collect', 'input']),
   stream: new Set([...COMMON_KEYS, 'plugin', 'action', 'params', 'output', 'collect', 'durability', 'input']),
   pipeline: new Set([...COMMON_KEYS, 'pipeline', 'output', 'collect']),
 };
@@ -276,18 +281,18 @@ function parseTask(value: unknown, index: number, defaults: Defaults): TaskSpec 
   assertString(value.plugin, `${field}.plugin`, CODE);
   assertString(value.action, `${field}.action`, CODE, 256);
   const params = value.params ?? {};
-  if (kind === 'call') return Object.freeze({ ...base, kind, plugin: value.plugin, action: value.action, params, collect });
+  let input: { input: string } | object = {};
+  if (value.input !== undefined) {
+    assertId(value.input, `${field}.input`);
+    input = { input: value.input };
+  }
+  if (kind === 'call') return Object.freeze({ ...base, kind, plugin: value.plugin, action: value.action, params, collect, ...input });
   let durability: Durability = 'none';
   if (value.durability !== undefined) {
     assertOneOf(value.durability, DURABILITIES, `${field}.durability`, CODE);
     durability = value.durability;
   }
-  const spec: StreamTaskSpec = { ...base, kind, plugin: value.plugin, action: value.action, params, output, collect, durability };
-  if (value.input !== undefined) {
-    assertId(value.input, `${field}.input`);
-    return Object.freeze({ ...spec, input: value.input });
-  }
-  return Object.freeze(spec);
+  return Object.freeze({ ...base, kind, plugin: value.plugin, action: value.action, params, output, collect, durability, ...input });
 }
 
 /**
@@ -317,6 +322,7 @@ export function parseTaskGraph(data: unknown): GraphSpec {
   });
   checkInputs(tasks);
   checkGraph(tasks.map((t) => ({ id: t.id, dependsOn: edgesOf(t) })));
+  checkChains(tasks);
   return Object.freeze({
     ...(data.name === undefined ? {} : { name: data.name as string }),
     ...(data.concurrency === undefined ? {} : { concurrency: data.concurrency as number }),
@@ -325,28 +331,104 @@ export function parseTaskGraph(data: unknown): GraphSpec {
   });
 }
 
-/** A task's incoming edges: its dependencies, and the task it reads its input from. */
-export function edgesOf(task: TaskSpec): readonly string[] {
-  return task.kind === 'stream' && task.input !== undefined && !task.dependsOn.includes(task.input) ? [...task.dependsOn, task.input] : task.dependsOn;
+/** The task whose output `task` reads as its input, if any. */
+export function inputOf(task: TaskSpec): string | undefined {
+  return task.kind === 'pipeline' ? undefined : task.input;
 }
 
-/** A stream is iterable once, so a task's output feeds at most one `input`. */
+/** A task's incoming edges: its dependencies, and the task it reads its input from. */
+export function edgesOf(task: TaskSpec): readonly string[] {
+  const input = inputOf(task);
+  return input !== undefined && !task.dependsOn.includes(input) ? [...task.dependsOn, input] : task.dependsOn;
+}
+
+/**
+ * A stream is iterable once, so a task's output feeds at most one `input`; an input
+ * cannot be replayed, so neither end of an input edge may be durable (a resumed
+ * producer would hand its new reader a stream with its start missing).
+ */
 function checkInputs(tasks: readonly TaskSpec[]): void {
   const byId = new Map(tasks.map((t) => [t.id, t]));
   const readers = new Map<string, string>();
   for (const task of tasks) {
-    if (task.kind !== 'stream' || task.input === undefined) continue;
-    const source = byId.get(task.input);
+    const input = inputOf(task);
+    if (input === undefined) continue;
+    const field = `tasks.${task.id}.input`;
+    const source = byId.get(input);
     if (source === undefined) continue; // checkGraph reports the unknown id
-    if (source.kind !== 'stream') {
-      throw new SluiceError(CODE, `\`tasks.${task.id}.input\` names \`${source.id}\`, a ${source.kind} task; only a stream task can be an input`, { details: { field: `tasks.${task.id}.input` } });
+    if (source.kind === 'call') {
+      throw new SluiceError(CODE, `\`${field}\` names \`${source.id}\`, a call task; only a stream or pipeline task can be an input`, { details: { field } });
     }
     const other = readers.get(source.id);
     if (other !== undefined) {
-      throw new SluiceError(CODE, `Task \`${source.id}\` is already the input of \`${other}\`; a stream can be read once (\`tasks.${task.id}.input\`)`, {
-        details: { field: `tasks.${task.id}.input` },
+      throw new SluiceError(CODE, `Task \`${source.id}\` is already the input of \`${other}\`; a stream can be read once (\`${field}\`)`, { details: { field } });
+    }
+    if (task.kind === 'stream' && task.durability !== 'none') {
+      throw new SluiceError(CODE, `\`tasks.${task.id}.durability\` must be 'none' for a task with an input (an input cannot be replayed on resume)`, { details: { field: `tasks.${task.id}.durability` } });
+    }
+    if (source.kind === 'stream' && source.durability !== 'none') {
+      throw new SluiceError(CODE, `\`tasks.${source.id}.durability\` must be 'none': its output is \`${task.id}\`'s input, which cannot be replayed on resume`, {
+        details: { field: `tasks.${source.id}.durability` },
       });
     }
     readers.set(source.id, task.id);
+  }
+}
+
+/**
+ * Tasks joined by input edges, each chain from its first producer to its last reader
+ * (`[count, double, sum]` for `double.input = count`, `sum.input = double`); a task on
+ * no input edge is a chain of one. Input edges form paths (one input per task, one
+ * reader per output, no cycles), so every task is in exactly one chain. The runner
+ * starts a chain's tasks together.
+ */
+export function inputChains(tasks: readonly TaskSpec[]): string[][] {
+  const hasSource = new Set<string>();
+  const readerOf = new Map<string, string>();
+  for (const task of tasks) {
+    const input = inputOf(task);
+    if (input === undefined) continue;
+    hasSource.add(task.id);
+    readerOf.set(input, task.id);
+  }
+  const chains: string[][] = [];
+  for (const task of tasks) {
+    if (hasSource.has(task.id)) continue;
+    const chain = [task.id];
+    for (let r = readerOf.get(task.id); r !== undefined; r = readerOf.get(r)) chain.push(r);
+    chains.push(chain);
+  }
+  return chains;
+}
+
+/**
+ * A chain runs as one unit, so a task may not wait (`dependsOn`) for another task of
+ * its own chain, directly or through tasks outside it: the chain could never start.
+ * The second case is a cycle once each chain is seen as one node.
+ */
+function checkChains(tasks: readonly TaskSpec[]): void {
+  const chains = inputChains(tasks);
+  if (chains.length === tasks.length) return; // no input edges
+  const chainOf = new Map<string, number>();
+  chains.forEach((chain, i) => chain.forEach((id) => chainOf.set(id, i)));
+  const name = (i: number): string => chains[i]!.join('+');
+  const deps = chains.map(() => new Set<string>());
+  for (const task of tasks) {
+    const own = chainOf.get(task.id)!;
+    for (const dep of task.dependsOn) {
+      const other = chainOf.get(dep)!;
+      if (other !== own) deps[own]!.add(name(other));
+      else if (dep !== inputOf(task)) {
+        throw new SluiceError(
+          CODE,
+          `\`tasks.${task.id}.dependsOn\` names \`${dep}\`, which streams together with it (input chain ${chains[own]!.join(' -> ')}); a task cannot wait for a task that runs alongside it`,
+          { details: { field: `tasks.${task.id}.dependsOn`, chain: chains[own] } },
+        );
+      }
+    }
+  }
+  const cycle = findCycle(chains.map((_, i) => ({ id: name(i), dependsOn: [...deps[i]!] })));
+  if (cycle !== undefined) {
+    throw new SluiceError('ERR_TASK_CYCLE', `Tasks joined by input edges run together (shown as a+b), so these dependencies form a cycle: ${cycle.join(' -> ')}`, { details: { cycle } });
   }
 }

@@ -60,12 +60,17 @@ export interface TaskInfo {
   action?: string;
   priority: Priority;
   dependsOn: string[];
+  /** The task whose output this one reads as `params.input`. */
   input?: string;
   status: TaskStatus;
   attempts: AttemptInfo[];
   /** The error that made the task fail or be cancelled. */
   error?: ErrorInfo;
-  /** Chunks delivered to the task's output (collected, sunk or discarded), duplicates from retries excluded. */
+  /**
+   * Chunks delivered to the task's output (collected, sunk or discarded), duplicates
+   * from retries excluded; for a task whose output is another task's input, the items
+   * that reader took in the last attempt.
+   */
   chunks: number;
   bytes: number;
   /** While waiting out a retry's backoff: when the next attempt is due. */
