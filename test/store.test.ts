@@ -325,7 +325,8 @@ test('retention: maxChunks, maxBytes, maxAgeMs trim the head and readers see a g
   for (const id of ['count', 'bytes', 'age', 'none']) await store.appendChunks(id, 0, range(0, 20).map(() => hundred));
 
   let result = await store.runRetention();
-  // count: 15 trimmed (in batches of 7); bytes: a 100-byte chunk is stored as 110 bytes, 5 fit in 550.
+  // count: 15 trimmed; bytes: the 20 chunks are one 2094-byte record (14 header, 80 lengths,
+  // 2000 data), each chunk charged its share (~104.7 bytes), so 5 fit in 550.
   assert.deepEqual(result, { trimmed: 30, streams: 2 });
   assert.equal(store.logHead('count'), 15);
   assert.equal(store.logHead('bytes'), 15);
@@ -389,8 +390,8 @@ test('removeStream removes a long log in batches and ends parked readers', async
   assert.equal(await store.removeStream('s'), true);
   await assert.rejects(parked, hasCode('ERR_STREAM_NOT_FOUND'));
   await store.close();
-  assert.equal(await readRaw(path, 'log', ['s', 999]), undefined);
-  assert.equal(await readRaw(path, 'log', ['s', 0]), undefined);
+  // One record per appended batch of 100.
+  for (let first = 0; first < 1000; first += 100) assert.equal(await readRaw(path, 'log', ['s', first]), undefined);
 });
 
 test('epoch: a re-created folder has a new epoch, and an old reader position gets a reset', async (t) => {
@@ -459,11 +460,13 @@ test('encryption: a sealed record moved to another key or tampered with is ERR_S
   const key = randomBytes(32);
   const first = await Store.open({ path, encryptionKey: key, env: {} });
   await first.createStream(stream('s'));
-  await first.appendChunks('s', 0, ['zero', 'one']);
+  // Two batches, so two records: ['s', 0] and ['s', 1].
+  await first.appendChunks('s', 0, ['zero']);
+  await first.appendChunks('s', 1, ['one']);
   await first.close();
   const zero = await readRaw(path, 'log', ['s', 0]);
   assert.ok(zero);
-  await writeRaw(path, 'log', ['s', 1], zero); // replay chunk 0 as chunk 1
+  await writeRaw(path, 'log', ['s', 1], zero); // replay batch 0 as batch 1
   const store = await openStore(t, { path, encryptionKey: key });
   assert.throws(() => store.readRange('s', 0, 10), (err: unknown) => {
     hasCode('ERR_STORE_CORRUPT')(err);
@@ -477,12 +480,13 @@ test('corrupt records and unknown versions are coded errors naming the record, n
   const first = await Store.open({ path, env: {} });
   await first.createStream(stream('s'));
   await first.createStream(stream('t'));
-  await first.appendChunks('s', 0, ['a', 'b', 'c']);
+  // One batch per chunk: records ['s', 0], ['s', 1], ['s', 2].
+  for (const [seq, data] of ['a', 'b', 'c'].entries()) await first.appendChunks('s', seq, [data]);
   await first.putCheckpoint({ streamId: 's', seq: 1, state: 'x' });
   await first.close();
 
   await writeRaw(path, 'streams', 't', Buffer.from([1, 0, 0xff, 0x13, 0x37])); // version 1, garbage payload
-  await writeRaw(path, 'log', ['s', 1], Buffer.from([9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1])); // version 9
+  await writeRaw(path, 'log', ['s', 1], Buffer.from([9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1])); // version 9
   await writeRaw(path, 'checkpoints', 's', Buffer.from([1]));
 
   const store = await openStore(t, { path });
@@ -618,4 +622,56 @@ test('crash durability: every seq printed after its flush is on disk after SIGKI
   assert.deepEqual(store.listStreams({ status: UNFINISHED_STATUSES }).map((s) => s.id), ['crash']);
   // The resumed stream goes on where the log ends.
   assert.equal(await store.appendChunks('crash', checkpoint.seq, range(checkpoint.seq, tail + 1)), 1);
+});
+
+test('batch records: one per append, reads and trims inside a batch, overlap keeps only the new tail, v1 records refused', async (t) => {
+  const path = dataPath();
+  const first = await Store.open({ path, env: {}, readPageSize: 3, maintenanceBatchSize: 2 });
+  await first.createStream(stream('s', { retention: { maxChunks: 12 } }));
+  assert.equal(await first.appendChunks('s', 0, range(0, 10)), 10);
+  // Overlapping batch: 8 and 9 are dropped, 10..14 stored as one record at key 10.
+  assert.equal(await first.appendChunks('s', 8, range(8, 15)), 5);
+  assert.equal(await first.appendChunks('s', 15, [new Uint8Array([15]), new Uint8Array([16])]), 2);
+  assert.equal(await first.appendChunks('s', 17, [17, new Uint8Array([18])]), 2);
+  assert.deepEqual(first.readRange('s', 4, 3).map((c) => c.seq), [4, 5, 6]);
+  assert.deepEqual(first.readRange('s', 9, 100).map((c) => c.seq), range(9, 19));
+  assert.deepEqual(first.readRange('s', 15, 4).map((c) => c.data), [new Uint8Array([15]), new Uint8Array([16]), 17, new Uint8Array([18])]);
+  // maxChunks 12 of 19: head 7, inside the first record, which stays until its last chunk goes.
+  assert.deepEqual(await first.runRetention(), { trimmed: 7, streams: 1 });
+  assert.equal(first.logHead('s'), 7);
+  await first.setStatus('s', 'done');
+  const events = await collect(first.read('s', { fromSeq: 2 }));
+  assert.deepEqual(events[0], { type: 'gap', fromSeq: 2, toSeq: 7 });
+  assert.deepEqual(chunksOf(events), range(7, 19));
+  await first.close();
+  assert.ok(await readRaw(path, 'log', ['s', 0]), 'a partly trimmed record stays');
+  assert.ok(await readRaw(path, 'log', ['s', 10]));
+  assert.equal(await readRaw(path, 'log', ['s', 8]), undefined, 'no record for dropped repeats');
+
+  // After a reopen the tail and head come back from the records; trimming past the first record deletes it.
+  const store = await openStore(t, { path });
+  assert.equal(store.logTail('s'), 19);
+  assert.equal(store.logHead('s'), 7);
+  await store.close();
+  // A version 1 record (a chunk per record) is ERR_STORE_VERSION naming it.
+  await writeRaw(path, 'log', ['s', 10], Buffer.from([1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
+  const again = await openStore(t, { path });
+  assert.throws(() => again.readRange('s', 0, 100), (err: unknown) => {
+    hasCode('ERR_STORE_VERSION')(err);
+    assert.match((err as Error).message, /log\/s#10 has version 1; this sluice reads version 2/);
+    return true;
+  });
+});
+
+test('batch records: retention deletes records wholly below the head', async () => {
+  const path = dataPath();
+  const store = await Store.open({ path, env: {}, maintenanceBatchSize: 2 });
+  await store.createStream(stream('s', { retention: { maxChunks: 3 } }));
+  for (let i = 0; i < 5; i++) await store.appendChunks('s', i * 4, range(i * 4, i * 4 + 4));
+  assert.deepEqual(await store.runRetention(), { trimmed: 17, streams: 1 });
+  assert.equal(store.logHead('s'), 17);
+  assert.deepEqual(store.readRange('s', 0, 100).map((c) => c.seq), [17, 18, 19]);
+  await store.close();
+  for (const key of [0, 4, 8, 12]) assert.equal(await readRaw(path, 'log', ['s', key]), undefined, `record ${key} deleted`);
+  assert.ok(await readRaw(path, 'log', ['s', 16]));
 });

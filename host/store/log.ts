@@ -1,6 +1,9 @@
 /**
- * The chunk log: per stream, chunks keyed [streamId, seq], contiguous from the head
- * (the oldest seq retention kept) to the tail (the next seq).
+ * The chunk log: per stream, batch records keyed [streamId, firstSeq] (one record per
+ * appended batch, records.ts has the layout), their chunks contiguous from the head
+ * (the oldest seq retention kept) to the tail (the next seq). The head may fall inside
+ * a record: retention trims chunk by chunk, deletes the records wholly below the head,
+ * and readers skip the seqs below it in the record that holds it.
  *
  * Group commit: appendChunks issues asynchronous LMDB puts and never a synchronous
  * commit; lmdb-js puts every write of one event turn into one transaction, so many
@@ -11,13 +14,50 @@
  * the part of a batch below the tail (a resumed plugin re-producing chunks it had
  * produced before its checkpoint... or after it) is dropped, and the rest appended.
  */
-import type { Buffer } from 'node:buffer';
 import { assertInteger } from '../../protocol/assert.js';
 import type { ChunkData } from '../../protocol/chunk.js';
 import { SluiceError } from '../../protocol/errors.js';
 import type { Chunk } from '../types.js';
 import { MAX_SEQ, type Engine, type LogKey } from './engine.js';
 import { TABLES, corrupt, isFinished, keyText, type StreamBody } from './records.js';
+
+/** One batch record of a stream's log, its header read without unsealing. */
+export interface LogRecord {
+  /** Seq of its first chunk (its key). */
+  readonly first: number;
+  readonly count: number;
+  readonly time: number;
+  readonly value: Uint8Array;
+  readonly where: string;
+}
+
+/**
+ * The stored bytes retention charges to chunk `index` of a record: an even share of the
+ * record (header, lengths and encryption overhead included); the shares of a record add
+ * up to its size exactly.
+ */
+export function chunkShare(record: LogRecord, index: number): number {
+  const size = record.value.byteLength;
+  return Math.floor((size * (index + 1)) / record.count) - Math.floor((size * index) / record.count);
+}
+
+/**
+ * The records of stream `id` from the one holding `seq` (or the first after it), in
+ * key order, at most `limit`. Synchronous, from the current read snapshot.
+ */
+export function* recordsFrom(engine: Engine, id: string, seq: number, limit: number): Generator<LogRecord> {
+  let from = seq;
+  for (const key of engine.log.getKeys({ start: [id, seq], end: [id, -1], reverse: true, limit: 1 })) {
+    if (key[0] === id && typeof key[1] === 'number') from = key[1];
+  }
+  for (const { key, value } of engine.log.getRange({ start: [id, from], end: [id, MAX_SEQ], limit })) {
+    if (key[0] !== id) return;
+    const first = key[1];
+    const where = keyText(TABLES.log, [id, first]);
+    const { time, count } = engine.codec.batchHeader(where, value);
+    yield { first, count, time, value, where };
+  }
+}
 
 /** In-memory position of one stream's log; loaded from disk on first use. */
 export interface LogState {
@@ -89,21 +129,17 @@ export class ChunkLog {
       await state.lastCommit;
       return 0;
     }
-    // Encode everything before the first put, so a chunk that cannot be stored leaves no partial batch.
+    // One record for the new part of the batch, encoded before the put: a chunk that
+    // cannot be stored leaves no partial batch.
     const time = Date.now();
-    const values: Buffer[] = new Array<Buffer>(chunks.length - skip);
-    let bytes = 0;
-    for (let i = skip; i < chunks.length; i++) {
-      const value = this.#engine.codec.encodeChunk(id, firstSeq + i, chunks[i] as ChunkData, time);
-      values[i - skip] = value;
-      bytes += value.byteLength;
-    }
     const start = state.tail;
-    let last: Promise<boolean> | undefined;
-    for (let i = 0; i < values.length; i++) last = this.#engine.log.put([id, start + i], values[i] as Buffer);
-    const end = start + values.length;
+    const fresh = skip === 0 ? chunks : chunks.slice(skip);
+    const value = this.#engine.codec.encodeBatch(id, start, fresh, time);
+    const bytes = value.byteLength;
+    const put = this.#engine.log.put([id, start], value);
+    const end = start + fresh.length;
     state.tail = end;
-    const commit = (last as Promise<boolean>).then(
+    const commit = put.then(
       () => {
         if (end > state.committed) state.committed = end;
         if (state.bytes !== undefined) state.bytes += bytes;
@@ -119,7 +155,7 @@ export class ChunkLog {
     );
     state.lastCommit = commit.catch(() => undefined);
     await commit;
-    return values.length;
+    return fresh.length;
   }
 
   /**
@@ -132,13 +168,17 @@ export class ChunkLog {
     const chunks: Chunk[] = [];
     let expected = Math.max(fromSeq, head);
     try {
-      for (const { key, value } of this.#engine.log.getRange({ start: [id, expected], end: [id, MAX_SEQ], limit })) {
-        const [keyId, seq] = key;
-        if (keyId !== id) break;
-        const where = keyText(TABLES.log, [id, seq]);
-        if (seq !== expected) throw corrupt(where, `the log of stream ${id} has no chunk ${expected} before it`);
-        chunks.push({ seq, data: this.#engine.codec.decodeChunk(where, value).data });
-        expected++;
+      // Each record holds at least one chunk: limit + 1 records cover a page.
+      for (const record of recordsFrom(this.#engine, id, expected, limit + 1)) {
+        if (record.first > expected) throw corrupt(record.where, `the log of stream ${id} has no chunk ${expected} before it`);
+        if (record.first < expected && chunks.length > 0) throw corrupt(record.where, `it overlaps chunk ${expected - 1} of the record before it`);
+        // The record before `expected` when it ends there (or the page starts past the tail).
+        if (record.first + record.count <= expected) continue;
+        const data = this.#engine.codec.decodeBatch(record.where, record.value);
+        const stop = Math.min(record.count, expected - record.first + (limit - chunks.length));
+        for (let i = expected - record.first; i < stop; i++) chunks.push({ seq: record.first + i, data: data[i] as ChunkData });
+        expected = record.first + stop;
+        if (chunks.length >= limit) break;
       }
     } catch (err) {
       if (!(err instanceof SluiceError)) throw err;
@@ -150,8 +190,10 @@ export class ChunkLog {
   #load(body: StreamBody): LogState {
     const id = body.id;
     let tail = body.head;
-    for (const key of this.#engine.log.getKeys({ start: [id, MAX_SEQ], end: [id, -1], reverse: true, limit: 1 })) {
-      if (key[0] === id && typeof key[1] === 'number') tail = Math.max(tail, key[1] + 1);
+    for (const { key, value } of this.#engine.log.getRange({ start: [id, MAX_SEQ], end: [id, -1], reverse: true, limit: 1 })) {
+      if (key[0] !== id || typeof key[1] !== 'number') continue;
+      const { count } = this.#engine.codec.batchHeader(keyText(TABLES.log, key), value);
+      tail = Math.max(tail, key[1] + count);
     }
     return {
       id,

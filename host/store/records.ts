@@ -10,19 +10,29 @@
  * | `meta`        | `'keycheck'`     | object record, always sealed, when encrypted |
  * | `streams`     | `id`             | object record: the stream      |
  * | `checkpoints` | `id`             | object record: latest checkpoint |
- * | `log`         | `[id, seq]`      | chunk record                   |
+ * | `log`         | `[id, firstSeq]` | batch record: chunks firstSeq .. firstSeq+count-1 |
  *
- * Every value starts with a version byte (RECORD_VERSION) and a flags byte:
+ * Object records start with a version byte (RECORD_VERSION) and a flags byte; batch
+ * records with their own version byte (LOG_RECORD_VERSION) and a flags byte:
  *
- *     object record: [version][flags][payload]
- *     chunk record:  [version][flags][time: float64 LE][payload]
+ *     object record: [version 1][flags][payload]
+ *     batch record:  [version 2][flags][time: float64 LE][count: uint32 LE][payload]
  *
- * The payload is the body in V8's serialization format (node:v8, documented as
- * backward-compatible and safe to store; it round-trips nested Uint8Arrays and keeps a
- * `__proto__` key as data, which msgpackr renames), or for a chunk whose data is a
- * Uint8Array the raw bytes (FLAG_RAW), so binary vs JSON data is unambiguous. With a
- * key, the payload is sealed with AES-256-GCM (FLAG_SEALED, see crypto.ts); the table,
- * the key, the flags and the chunk time are authenticated with it.
+ * One appended batch is one log record (one put, one serializer, one seal): a record
+ * per chunk made LMDB's per-put cost and V8's per-serializer cost the log's bottleneck.
+ * A batch record's payload is the array of its chunks in V8's serialization format
+ * (node:v8, documented as backward-compatible and safe to store; it round-trips nested
+ * Uint8Arrays and keeps a `__proto__` key as data, which msgpackr renames). When every
+ * chunk of the batch is a Uint8Array (FLAG_RAW) the payload is instead `count` uint32
+ * LE lengths then the bytes, nothing serialized; readers get plain Uint8Arrays back
+ * either way. Objects shared between chunks of one batch come back shared (the host
+ * copies plugin output per chunk, so it never appends shared objects). With a key, the
+ * payload is sealed with AES-256-GCM (FLAG_SEALED, see crypto.ts); the table, the key
+ * (so the batch's first seq), the flags, the time and the count are authenticated
+ * with it.
+ *
+ * Version 1 of the log (a record per chunk, key `[id, seq]`) is not read: such a
+ * record is ERR_STORE_VERSION naming it (sluice 0.x had no stores to migrate).
  *
  * A value with another version byte is ERR_STORE_VERSION; anything that does not decode
  * or validate is ERR_STORE_CORRUPT naming table and key. Tests corrupt records by
@@ -37,12 +47,18 @@ import type { StreamStatus } from '../types.js';
 import { SEAL_OVERHEAD, type RecordCipher } from './crypto.js';
 
 export const RECORD_VERSION = 1;
+/** Version byte of log (batch) records. Version 1 was a record per chunk. */
+export const LOG_RECORD_VERSION = 2;
 export const FLAG_SEALED = 0b01;
 export const FLAG_RAW = 0b10;
 const KNOWN_FLAGS = FLAG_SEALED | FLAG_RAW;
 const HEADER_BYTES = 2;
 const TIME_BYTES = 8;
-const CHUNK_HEADER_BYTES = HEADER_BYTES + TIME_BYTES;
+const COUNT_BYTES = 4;
+const BATCH_HEADER_BYTES = HEADER_BYTES + TIME_BYTES + COUNT_BYTES;
+const LENGTH_BYTES = 4;
+/** Most chunks in one batch record (the count is a uint32; this keeps offsets small). */
+export const MAX_BATCH_CHUNKS = 1_000_000;
 
 export const TABLES = Object.freeze({ meta: 'meta', streams: 'streams', checkpoints: 'checkpoints', log: 'log' });
 export type Table = (typeof TABLES)[keyof typeof TABLES];
@@ -111,9 +127,10 @@ export interface MetaRecord {
   readonly encrypted: boolean;
 }
 
-export interface DecodedChunk {
-  readonly data: ChunkData;
+/** What a batch record's header says, read without unsealing. */
+export interface BatchHeader {
   readonly time: number;
+  readonly count: number;
 }
 
 /** How a key is named in errors and authenticated in sealed records. */
@@ -163,7 +180,7 @@ export class RecordCodec {
     if (bytes === undefined) return undefined;
     const flags = checkHeader(where, bytes, HEADER_BYTES);
     if (flags & FLAG_RAW) throw corrupt(where, 'an object record has the raw-bytes flag');
-    const payload = this.#unseal(where, bytes, HEADER_BYTES, flags, 0, seal);
+    const payload = this.#unseal(where, bytes, HEADER_BYTES, flags, aad(where, flags, 0), seal);
     try {
       return deserialize(payload);
     } catch (err) {
@@ -171,53 +188,87 @@ export class RecordCodec {
     }
   }
 
-  /** Hot path: the key text is only built when sealing or failing. */
-  encodeChunk(id: string, seq: number, data: ChunkData, time: number): Buffer {
-    let flags = this.#cipher === undefined ? 0 : FLAG_SEALED;
-    let plain: Uint8Array;
-    if (data instanceof Uint8Array) {
-      flags |= FLAG_RAW;
-      plain = data;
-    } else {
-      plain = serializeChunk(id, seq, data);
+  /**
+   * Hot path: one record for a whole batch. `firstSeq` is the record's key; the key
+   * text is only built when sealing or failing.
+   */
+  encodeBatch(id: string, firstSeq: number, chunks: readonly ChunkData[], time: number): Buffer {
+    const count = chunks.length;
+    let raw = true;
+    for (let i = 0; i < count; i++) {
+      if (!(chunks[i] instanceof Uint8Array)) {
+        raw = false;
+        break;
+      }
     }
-    const sealed = (flags & FLAG_SEALED) !== 0;
-    const out = Buffer.allocUnsafe(CHUNK_HEADER_BYTES + (sealed ? SEAL_OVERHEAD : 0) + plain.byteLength);
-    out[0] = RECORD_VERSION;
+    const sealed = this.#cipher !== undefined;
+    const flags = (sealed ? FLAG_SEALED : 0) | (raw ? FLAG_RAW : 0);
+    let plain: Uint8Array | undefined;
+    let plainBytes: number;
+    if (raw) {
+      plainBytes = count * LENGTH_BYTES;
+      for (let i = 0; i < count; i++) plainBytes += (chunks[i] as Uint8Array).byteLength;
+    } else {
+      plain = serializeBatch(id, firstSeq, chunks);
+      plainBytes = plain.byteLength;
+    }
+    const out = Buffer.allocUnsafe(BATCH_HEADER_BYTES + (sealed ? SEAL_OVERHEAD : 0) + plainBytes);
+    out[0] = LOG_RECORD_VERSION;
     out[1] = flags;
     out.writeDoubleLE(time, HEADER_BYTES);
+    out.writeUInt32LE(count, HEADER_BYTES + TIME_BYTES);
+    if (raw) {
+      // Unsealed: the lengths and bytes go straight into the record, no intermediate copy.
+      const target = sealed ? Buffer.allocUnsafe(plainBytes) : out;
+      const base = sealed ? 0 : BATCH_HEADER_BYTES;
+      let at = base + count * LENGTH_BYTES;
+      for (let i = 0; i < count; i++) {
+        const bytes = chunks[i] as Uint8Array;
+        target.writeUInt32LE(bytes.byteLength, base + i * LENGTH_BYTES);
+        target.set(bytes, at);
+        at += bytes.byteLength;
+      }
+      if (sealed) plain = target;
+    }
     if (sealed) {
-      const where = keyText(TABLES.log, [id, seq]);
-      this.#requireCipher(where).sealInto(plain, aad(where, flags, time), out, CHUNK_HEADER_BYTES);
-    } else {
-      out.set(plain, CHUNK_HEADER_BYTES);
+      const where = keyText(TABLES.log, [id, firstSeq]);
+      this.#requireCipher(where).sealInto(plain as Uint8Array, batchAad(where, flags, time, count), out, BATCH_HEADER_BYTES);
+    } else if (!raw) {
+      out.set(plain as Uint8Array, BATCH_HEADER_BYTES);
     }
     return out;
   }
 
-  decodeChunk(where: string, bytes: Uint8Array): DecodedChunk {
-    const flags = checkHeader(where, bytes, CHUNK_HEADER_BYTES);
-    const time = chunkTimeUnchecked(bytes);
-    if (!Number.isFinite(time)) throw corrupt(where, 'chunk time is not a finite number');
-    const payload = this.#unseal(where, bytes, CHUNK_HEADER_BYTES, flags, time, this.#cipher !== undefined);
-    if (flags & FLAG_RAW) {
-      // A plain Uint8Array, never a Buffer: what the plugin yielded is what the reader gets.
-      return { data: new Uint8Array(payload.buffer, payload.byteOffset, payload.byteLength), time };
-    }
+  /** Every chunk of a batch record, in order (`count` of them, see batchHeader). */
+  decodeBatch(where: string, bytes: Uint8Array): ChunkData[] {
+    const { time, count } = this.batchHeader(where, bytes);
+    const flags = bytes[1] as number;
+    const payload = this.#unseal(where, bytes, BATCH_HEADER_BYTES, flags, batchAad(where, flags, time, count), this.#cipher !== undefined);
+    if (flags & FLAG_RAW) return splitRaw(where, payload, count);
     let data: unknown;
     try {
       data = deserialize(payload);
     } catch (err) {
-      throw corrupt(where, 'chunk data does not deserialize', err);
+      throw corrupt(where, 'batch data does not deserialize', err);
     }
-    if (data instanceof Uint8Array) throw corrupt(where, 'serialized chunk data is a Uint8Array without the raw-bytes flag');
-    return { data: data as ChunkData, time };
+    if (!Array.isArray(data) || data.length !== count) throw corrupt(where, `batch data is not an array of ${count} chunks`);
+    for (let i = 0; i < count; i++) {
+      const chunk: unknown = data[i];
+      // node:v8 gives a Buffer back for a Buffer: a top-level chunk is always a plain Uint8Array.
+      if (chunk instanceof Uint8Array && chunk.constructor !== Uint8Array) data[i] = new Uint8Array(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    }
+    return data as ChunkData[];
   }
 
-  /** The append time of a chunk record, read from its header without unsealing. */
-  chunkTime(where: string, bytes: Uint8Array): number {
-    checkHeader(where, bytes, CHUNK_HEADER_BYTES);
-    return chunkTimeUnchecked(bytes);
+  /** Time and count of a batch record, read from its header without unsealing. */
+  batchHeader(where: string, bytes: Uint8Array): BatchHeader {
+    checkHeader(where, bytes, BATCH_HEADER_BYTES, LOG_RECORD_VERSION);
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    const time = view.getFloat64(HEADER_BYTES, true);
+    if (!Number.isFinite(time)) throw corrupt(where, 'batch time is not a finite number');
+    const count = view.getUint32(HEADER_BYTES + TIME_BYTES, true);
+    if (count === 0 || count > MAX_BATCH_CHUNKS) throw corrupt(where, `batch count ${count} is out of range`);
+    return { time, count };
   }
 
   #requireCipher(where: string): RecordCipher {
@@ -225,7 +276,7 @@ export class RecordCodec {
     return this.#cipher;
   }
 
-  #unseal(where: string, bytes: Uint8Array, offset: number, flags: number, time: number, expectSealed: boolean): Uint8Array {
+  #unseal(where: string, bytes: Uint8Array, offset: number, flags: number, aad: string, expectSealed: boolean): Uint8Array {
     const sealed = (flags & FLAG_SEALED) !== 0;
     if (sealed !== expectSealed) {
       throw corrupt(where, sealed ? 'record is encrypted but the store is not' : 'record is not encrypted in an encrypted store');
@@ -233,7 +284,7 @@ export class RecordCodec {
     const body = bytes.subarray(offset);
     if (!sealed) return body;
     try {
-      return this.#requireCipher(where).open(body, aad(where, flags, time));
+      return this.#requireCipher(where).open(body, aad);
     } catch (err) {
       throw corrupt(where, 'encrypted record fails authentication (tampered, moved or written with another key)', err);
     }
@@ -244,12 +295,16 @@ function aad(where: string, flags: number, time: number): string {
   return `${where}\u0000${flags}\u0000${time}`;
 }
 
-function checkHeader(where: string, bytes: Uint8Array, headerBytes: number): number {
+function batchAad(where: string, flags: number, time: number, count: number): string {
+  return `${where}\u0000${flags}\u0000${time}\u0000${count}`;
+}
+
+function checkHeader(where: string, bytes: Uint8Array, headerBytes: number, supported = RECORD_VERSION): number {
   if (!(bytes instanceof Uint8Array) || bytes.byteLength < 1) throw corrupt(where, 'value is empty');
   const version = bytes[0];
-  if (version !== RECORD_VERSION) {
-    throw new SluiceError('ERR_STORE_VERSION', `Stored record ${where} has version ${String(version)}; this sluice reads version ${RECORD_VERSION}`, {
-      details: { record: where, version, supported: RECORD_VERSION },
+  if (version !== supported) {
+    throw new SluiceError('ERR_STORE_VERSION', `Stored record ${where} has version ${String(version)}; this sluice reads version ${supported}`, {
+      details: { record: where, version, supported },
     });
   }
   if (bytes.byteLength < headerBytes) throw corrupt(where, `value is ${bytes.byteLength} bytes, shorter than its ${headerBytes}-byte header`);
@@ -258,8 +313,21 @@ function checkHeader(where: string, bytes: Uint8Array, headerBytes: number): num
   return flags;
 }
 
-function chunkTimeUnchecked(bytes: Uint8Array): number {
-  return new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength).getFloat64(HEADER_BYTES, true);
+/** A FLAG_RAW payload: `count` uint32 LE lengths, then the bytes; each chunk a plain Uint8Array view. */
+function splitRaw(where: string, payload: Uint8Array, count: number): ChunkData[] {
+  const table = count * LENGTH_BYTES;
+  if (payload.byteLength < table) throw corrupt(where, `raw batch is ${payload.byteLength} bytes, shorter than its ${count} lengths`);
+  const view = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const out = new Array<ChunkData>(count);
+  let at = table;
+  for (let i = 0; i < count; i++) {
+    const length = view.getUint32(i * LENGTH_BYTES, true);
+    if (at + length > payload.byteLength) throw corrupt(where, `raw chunk ${i} runs past the end of the record`);
+    out[i] = new Uint8Array(payload.buffer, payload.byteOffset + at, length);
+    at += length;
+  }
+  if (at !== payload.byteLength) throw corrupt(where, `raw batch has ${payload.byteLength - at} bytes after its last chunk`);
+  return out;
 }
 
 function serializeBody(where: string, body: object): Buffer {
@@ -267,6 +335,18 @@ function serializeBody(where: string, body: object): Buffer {
     return serialize(body);
   } catch (err) {
     throw new SluiceError('ERR_INVALID_ARGUMENT', `Record ${where} cannot be stored: ${String((err as Error)?.message ?? err)}`, { cause: err });
+  }
+}
+
+function serializeBatch(id: string, firstSeq: number, chunks: readonly ChunkData[]): Buffer {
+  try {
+    return serialize(chunks);
+  } catch {
+    // Rare path: find the chunk that cannot be stored, to name its seq.
+    for (let i = 0; i < chunks.length; i++) serializeChunk(id, firstSeq + i, chunks[i] as ChunkData);
+    throw new SluiceError('ERR_CHUNK_INVALID', `Chunks ${firstSeq}..${firstSeq + chunks.length - 1} of stream ${id} cannot be stored`, {
+      details: { streamId: id, seq: firstSeq },
+    });
   }
 }
 

@@ -4,15 +4,21 @@
  *
  * Everything runs in small asynchronous transactions (maintenanceBatchSize entries
  * each), awaited one after the other, so appends and readers interleave between
- * batches; nothing here takes a synchronous commit. A trim deletes the oldest chunks
- * and moves the stream's recorded head in the same transaction, so a reader sees
- * either both or neither and reports the removed range as a `gap`.
+ * batches; nothing here takes a synchronous commit. A trim moves the stream's recorded
+ * head and deletes the batch records wholly below it in the same transaction, so a
+ * reader sees either both or neither and reports the removed range as a `gap`.
+ *
+ * Trims are exact to the chunk: the head may fall inside a batch record, which stays on
+ * disk (readers skip the seqs below the head) until its last chunk is trimmed. maxBytes
+ * charges each chunk an even share of its record's bytes (log.ts `chunkShare`), so the
+ * bytes on disk exceed the policy by at most the kept part of one record. maxAgeMs is
+ * per record: a batch's chunks share their append time.
  */
 import { setImmediate as nextTurn } from 'node:timers/promises';
 import { assertInteger } from '../../protocol/assert.js';
 import { SluiceError, isSluiceError } from '../../protocol/errors.js';
 import { MAX_SEQ, type Engine } from './engine.js';
-import type { ChunkLog, LogState } from './log.js';
+import { chunkShare, recordsFrom, type ChunkLog, type LogState } from './log.js';
 import { TABLES, isFinished, keyText, validateStreamBody, type RetentionPolicy, type StreamBody } from './records.js';
 
 export interface RetentionResult {
@@ -111,14 +117,14 @@ export class Maintenance {
       const state = this.#log.state(id);
       if (policy.maxBytes !== undefined && state.bytes === undefined) await this.#countBytes(state);
       if (state.removed || this.#engine.closed) return total;
-      const { newHead, removedBytes } = this.#plan(state, policy, now);
+      const { newHead, removedBytes, drop } = this.#plan(state, policy, now);
       if (newHead <= state.head) return total;
       const oldHead = state.head;
       let applied = false;
       await this.#engine.transaction(() => {
         const body = this.#engine.getStreamBody(id);
         if (body === undefined || body.head !== oldHead) return;
-        for (let seq = oldHead; seq < newHead; seq++) void this.#engine.log.remove([id, seq]);
+        for (const first of drop) void this.#engine.log.remove([id, first]);
         void this.#engine.streams.put(id, this.#engine.encodeStreamBody({ ...body, head: newHead }));
         applied = true;
       });
@@ -156,18 +162,18 @@ export class Maintenance {
     await state.lastCommit;
     for (;;) {
       this.#engine.assertOpen();
-      let last = -1;
+      let end = -1;
       const keys: number[] = [];
-      for (const key of this.#engine.log.getKeys({ start: [id, 0], end: [id, MAX_SEQ], limit: this.#batch })) {
+      for (const { key, value } of this.#engine.log.getRange({ start: [id, 0], end: [id, MAX_SEQ], limit: this.#batch })) {
         if (key[0] !== id) break;
         keys.push(key[1]);
-        last = key[1];
+        end = key[1] + this.#engine.codec.batchHeader(keyText(TABLES.log, key), value).count;
       }
       if (keys.length === 0) break;
       await this.#engine.transaction(() => {
-        for (const seq of keys) void this.#engine.log.remove([id, seq]);
+        for (const first of keys) void this.#engine.log.remove([id, first]);
         const body = this.#engine.getStreamBody(id);
-        if (body !== undefined && body.head <= last) void this.#engine.streams.put(id, this.#engine.encodeStreamBody({ ...body, head: last + 1 }));
+        if (body !== undefined && body.head < end) void this.#engine.streams.put(id, this.#engine.encodeStreamBody({ ...body, head: end }));
       });
       await nextTurn();
     }
@@ -180,44 +186,51 @@ export class Maintenance {
     return true;
   }
 
-  #plan(state: LogState, policy: RetentionPolicy, now: number): { newHead: number; removedBytes: number } {
-    const id = state.id;
+  /**
+   * The new head by `policy`, looking at most maintenanceBatchSize records from the
+   * head; `drop` lists the records wholly below it.
+   */
+  #plan(state: LogState, policy: RetentionPolicy, now: number): { newHead: number; removedBytes: number; drop: number[] } {
     const keepFrom = policy.maxChunks === undefined ? 0 : state.committed - policy.maxChunks;
     const cutoff = policy.maxAgeMs === undefined ? -Infinity : now - policy.maxAgeMs;
     const maxBytes = policy.maxBytes;
     const stored = state.bytes ?? 0;
     let newHead = state.head;
     let removedBytes = 0;
-    for (const { key, value } of this.#engine.log.getRange({ start: [id, state.head], end: [id, state.committed], limit: this.#batch })) {
-      if (key[0] !== id) break;
-      const seq = key[1];
-      const old =
-        seq < keepFrom ||
-        (maxBytes !== undefined && stored - removedBytes > maxBytes) ||
-        (cutoff > -Infinity && this.#engine.codec.chunkTime(keyText(TABLES.log, [id, seq]), value) < cutoff);
-      if (!old) break;
-      removedBytes += value.byteLength;
-      newHead = seq + 1;
+    const drop: number[] = [];
+    for (const record of recordsFrom(this.#engine, state.id, state.head, this.#batch)) {
+      if (record.first >= state.committed) break;
+      const expired = record.time < cutoff;
+      const end = Math.min(record.first + record.count, state.committed);
+      let seq = Math.max(record.first, newHead);
+      for (; seq < end; seq++) {
+        const old = expired || seq < keepFrom || (maxBytes !== undefined && stored - removedBytes > maxBytes);
+        if (!old) break;
+        removedBytes += chunkShare(record, seq - record.first);
+      }
+      newHead = Math.max(newHead, seq);
+      if (seq < record.first + record.count) break;
+      drop.push(record.first);
     }
-    return { newHead, removedBytes };
+    return { newHead, removedBytes, drop };
   }
 
   /**
-   * Count the stored bytes of [head, committed) once, a batch per event turn. Appends
-   * that commit meanwhile move `committed` and are counted by a later batch; the last
-   * batch ends synchronously at the current `committed`, after which append callbacks
-   * add their own bytes.
+   * Count the stored bytes of [head, committed) once, a batch of records per event
+   * turn. Appends that commit meanwhile move `committed` and are counted by a later
+   * batch; the last batch ends synchronously at the current `committed`, after which
+   * append callbacks add their own bytes.
    */
   async #countBytes(state: LogState): Promise<void> {
-    const id = state.id;
     let from = state.head;
     let bytes = 0;
     for (;;) {
       let counted = 0;
-      for (const { key, value } of this.#engine.log.getRange({ start: [id, from], end: [id, state.committed], limit: this.#batch })) {
-        if (key[0] !== id) break;
-        bytes += value.byteLength;
-        from = key[1] + 1;
+      for (const record of recordsFrom(this.#engine, state.id, from, this.#batch)) {
+        if (record.first >= state.committed) break;
+        const end = record.first + record.count;
+        for (let seq = Math.max(record.first, from); seq < end; seq++) bytes += chunkShare(record, seq - record.first);
+        from = end;
         counted++;
       }
       if (counted < this.#batch) break;
