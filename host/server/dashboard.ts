@@ -28,8 +28,11 @@ export const DASHBOARD_HTML = `<!doctype html>
 <h1>sluice</h1>
 <div class="grid">
   <div class="card"><div class="label">active streams</div><div class="value" id="streams">–</div></div>
-  <div class="card"><div class="label">chunks / s</div><div class="value" id="chunks">–</div></div>
-  <div class="card"><div class="label">bytes / s</div><div class="value" id="bytes">–</div></div>
+  <div class="card"><div class="label">running (worker / isolate)</div><div class="value" id="running">–</div></div>
+  <div class="card"><div class="label">queued</div><div class="value" id="queued">–</div></div>
+  <div class="card"><div class="label">chunks produced / s</div><div class="value" id="produced">–</div></div>
+  <div class="card"><div class="label">chunks sent / s</div><div class="value" id="chunks">–</div></div>
+  <div class="card"><div class="label">bytes sent / s</div><div class="value" id="bytes">–</div></div>
   <div class="card"><div class="label">connections</div><div class="value" id="connections">–</div></div>
   <div class="card"><div class="label">subscriptions</div><div class="value" id="subscriptions">–</div></div>
   <div class="card"><div class="label">errors</div><div class="value" id="errors">–</div></div>
@@ -68,14 +71,20 @@ async function tick() {
     const res = await fetch("/metrics", { cache: "no-store" });
     const metrics = parse(await res.text());
     const now = performance.now();
+    // Produced: what plugins yielded (the host's counter); sent: what went out on sockets.
+    const produced = sum(metrics, "sluice_chunks_total");
     const chunks = sum(metrics, "sluice_server_chunks_out_total");
     const bytes = sum(metrics, "sluice_server_bytes_out_total");
     if (last !== undefined) {
       const dt = (now - last.t) / 1000;
+      document.getElementById("produced").textContent = fmt((produced - last.produced) / dt);
       document.getElementById("chunks").textContent = fmt((chunks - last.chunks) / dt);
       document.getElementById("bytes").textContent = fmt((bytes - last.bytes) / dt);
     }
-    last = { t: now, chunks, bytes };
+    last = { t: now, produced, chunks, bytes };
+    const running = (kind) => (metrics.get("sluice_streams_running") || []).filter((s) => s.labels.includes('sandbox="' + kind + '"')).reduce((a, s) => a + s.value, 0);
+    document.getElementById("running").textContent = fmt(running("worker")) + " / " + fmt(running("isolate"));
+    document.getElementById("queued").textContent = fmt(sum(metrics, "sluice_streams_queued"));
     document.getElementById("streams").textContent = fmt(sum(metrics, "sluice_server_active_streams"));
     document.getElementById("connections").textContent = fmt(sum(metrics, "sluice_server_connections"));
     document.getElementById("subscriptions").textContent = fmt(sum(metrics, "sluice_server_subscriptions"));
