@@ -4,8 +4,9 @@
  * Appends: one round = STREAMS concurrent batches of BATCH chunks of 1 KiB (what
  * STREAMS durable streams do when each flushes a credit window), through
  * `Store.appendChunks` (encode, contiguity, group commit, notify), and as the raw
- * baseline the same number of bare async `put([id, seq], bytes)` into a binary LMDB
- * table of the same kind, awaiting the commit. Appends are I/O bound and the disk is
+ * baselines the same number of bare async `put([id, seq], bytes)` into a binary LMDB
+ * table of the same kind (a put per chunk), and one bare put per batch of the batch's
+ * bytes concatenated (what the store's batch records cost at best), awaiting the commit. Appends are I/O bound and the disk is
  * shared, so a sequential race (A for a second, then B) mostly measures the disk's
  * mood and the files' growth; the contenders instead take turns round by round, in a
  * rotating order, and each figure is total chunks over its own total time.
@@ -36,6 +37,8 @@ const READ_CHUNKS = 10_000;
 export interface StoreFigures {
   /** Bare lmdb async puts of 1 KiB per second (committed). */
   raw_put_per_s: number;
+  /** 1 KiB chunks per second as bare puts of one 100 KiB value per batch (committed). */
+  raw_batch_put_per_s: number;
   /** 1 KiB Uint8Array chunks appended (committed) per second. */
   store_append_per_s: number;
   /** ~1 KiB JSON object chunks appended per second. */
@@ -45,6 +48,8 @@ export interface StoreFigures {
   store_append_vs_raw_put: number;
   store_append_json_vs_raw_put: number;
   store_append_encrypted_vs_raw_put: number;
+  /** The store's JSON appends against one bare put per batch. */
+  store_append_json_vs_raw_batch_put: number;
   /** Checkpoints per second, each awaited until flushed, 100 in flight. */
   checkpoint_flushed_per_s: number;
   /** Chunks per second through `read()` (1 KiB bytes, default page size). */
@@ -101,8 +106,18 @@ export async function benchStore(): Promise<StoreFigures> {
       await last;
     };
 
+    let rawBatchSeq = 0;
+    const rawBatchValue = Buffer.concat(Array.from({ length: BATCH }, () => rawValue));
+    const rawBatchRound = async (): Promise<void> => {
+      let last: Promise<boolean> | undefined;
+      for (const id of ids) last = rawLog.put([`${id}-batch`, rawBatchSeq], rawBatchValue);
+      rawBatchSeq += BATCH;
+      await last;
+    };
+
     const contenders: Contender[] = [
       { name: 'raw', round: rawRound, ms: 0 },
+      { name: 'raw-batch', round: rawBatchRound, ms: 0 },
       { name: 'bytes', round: appender(plain, '', bytesBatch), ms: 0 },
       { name: 'json', round: appender(plain, '-json', jsonBatch), ms: 0 },
       { name: 'sealed', round: appender(sealed, '', bytesBatch), ms: 0 },
@@ -116,7 +131,7 @@ export async function benchStore(): Promise<StoreFigures> {
       }
     }
     const perS = (c: Contender | undefined): number => ((ROUNDS * CHUNKS_PER_ROUND) / (c?.ms ?? Infinity)) * 1000;
-    const [raw, store, storeJson, storeSealed] = contenders.map(perS) as [number, number, number, number];
+    const [raw, rawBatch, store, storeJson, storeSealed] = contenders.map(perS) as [number, number, number, number, number];
 
     await plain.createStream({ id: 'checkpoints', plugin: 'bench', action: 'cp', durability: 'checkpoint' });
     let cpSeq = 0;
@@ -141,12 +156,14 @@ export async function benchStore(): Promise<StoreFigures> {
     const ratio = (n: number): number => Math.round((n / raw) * 1000) / 1000;
     return {
       raw_put_per_s: Math.round(raw),
+      raw_batch_put_per_s: Math.round(rawBatch),
       store_append_per_s: Math.round(store),
       store_append_json_per_s: Math.round(storeJson),
       store_append_encrypted_per_s: Math.round(storeSealed),
       store_append_vs_raw_put: ratio(store),
       store_append_json_vs_raw_put: ratio(storeJson),
       store_append_encrypted_vs_raw_put: ratio(storeSealed),
+      store_append_json_vs_raw_batch_put: Math.round((storeJson / rawBatch) * 1000) / 1000,
       checkpoint_flushed_per_s: Math.round(checkpoints * CHECKPOINTS_PER_ROUND),
       read_chunks_per_s: Math.round(read * READ_CHUNKS),
     };

@@ -5,8 +5,8 @@
  * a record: retention trims chunk by chunk, deletes the records wholly below the head,
  * and readers skip the seqs below it in the record that holds it.
  *
- * Group commit: appendChunks issues asynchronous LMDB puts and never a synchronous
- * commit; lmdb-js puts every write of one event turn into one transaction, so many
+ * Group commit: appendChunks issues one asynchronous LMDB put per batch and never a
+ * synchronous commit; lmdb-js puts every write of one event turn into one transaction, so many
  * streams appending at once share a commit. The tail is reserved synchronously at call
  * time, so a caller may issue the next batch before the previous one committed.
  *
