@@ -387,7 +387,7 @@ export class Sluice implements AsyncDisposable {
         streamId: stream.id,
         action: stream.action,
         params: input,
-        window: { ...e.window, ...window },
+        window: { ...(options.durability === 'log' ? logWindow(e.window) : e.window), ...window },
         limits: { maxChunkBytes: effective.maxChunkBytes, memoryMb: effective.memoryMb, cpuMs: effective.cpuMs },
       };
       if (options.input !== undefined) spec.input = { window: { ...e.window, ...parseWindowOverride(options.inputWindow, 'options.inputWindow') } };
@@ -542,6 +542,18 @@ export class Sluice implements AsyncDisposable {
 }
 
 const POOL_CLOSE_SLACK_MS = 1000;
+
+/**
+ * A `log` stream's credit returns when its batches commit, and every commit waits for a
+ * disk sync (~1-2 ms). A window that fits in one batch leaves a single append in flight,
+ * so the plugin idles through every sync; a few batches' worth keeps it producing while
+ * earlier ones commit. Memory stays bounded by the window either way.
+ */
+const LOG_WINDOW: Readonly<Window> = Object.freeze({ chunks: 4096, bytes: 4 * 1024 * 1024 });
+
+function logWindow(window: Window): Window {
+  return { chunks: Math.max(window.chunks, LOG_WINDOW.chunks), bytes: Math.max(window.bytes, LOG_WINDOW.bytes) };
+}
 
 function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
