@@ -14,7 +14,7 @@
 import { EventEmitter } from 'node:events';
 import type { ChunkData } from '../protocol/chunk.js';
 import { CreditBalance, CreditLedger, type Window } from '../protocol/credit.js';
-import { copyChunk } from '../protocol/chunk.js';
+import { UNPACKED, copyChunk, unpackChunks, type PackedBytes } from '../protocol/chunk.js';
 import { SluiceError, fromWireError, toWireError } from '../protocol/errors.js';
 import { LIMIT_ERROR, type Limits } from '../protocol/limits.js';
 import type { ActionKind, FromSandbox } from '../protocol/messages.js';
@@ -29,6 +29,12 @@ interface Batch {
   pos: number;
   /** Bytes of this batch already returned as credit. */
   returned: number;
+  /**
+   * The batch's packed byte chunks, still in the one buffer they crossed in. Each is
+   * copied out into its own buffer as the consumer takes it, so it is born just before
+   * it is used (young garbage) and never keeps its batch's buffer alive.
+   */
+  packed: { bytes: Uint8Array; sizes: Int32Array; offset: number } | undefined;
 }
 
 interface Outcome {
@@ -297,7 +303,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     if (this.#stopping !== undefined && (msg.type === 'batch' || msg.type === 'progress' || msg.type === 'checkpoint')) return;
     switch (msg.type) {
       case 'batch':
-        this.#onBatch(msg.firstSeq, msg.chunks, msg.bytes, msg.largest);
+        this.#onBatch(msg.firstSeq, msg.chunks, msg.bytes, msg.largest, msg.packed);
         return;
       case 'progress':
         this.#progress = msg.message === undefined ? { fraction: msg.fraction } : { fraction: msg.fraction, message: msg.message };
@@ -353,7 +359,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     this.#resolveResult(result);
   }
 
-  #onBatch(firstSeq: number, chunks: unknown[], bytes: number, largest: number): void {
+  #onBatch(firstSeq: number, chunks: unknown[], bytes: number, largest: number, packed: PackedBytes | undefined): void {
     const limits = this.#limits!;
     const ledger = this.#ledger!;
     if (firstSeq !== this.#expectedSeq) {
@@ -368,6 +374,11 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     this.#idleSince = performance.now();
     // A resumed plugin re-produces chunks from its checkpoint; consumers already had those below the tail.
     const repeats = Math.min(Math.max(this.#tail - firstSeq, 0), chunks.length);
+    // The rare paths below cut the batch or hand it to the log: they get every chunk as its own value first.
+    if (packed !== undefined && (repeats > 0 || this.#log !== undefined || (limits.maxChunks > 0 && this.#chunks + chunks.length - repeats > limits.maxChunks))) {
+      chunks = unpackChunks(chunks, packed);
+      packed = undefined;
+    }
     if (repeats > 0) {
       const repeatBytes = Math.floor((bytes * repeats) / chunks.length);
       this.#returnCredit(repeats, repeatBytes);
@@ -394,7 +405,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
       this.hooks.batch(this, accepted.length, bytes);
       if (this.#log !== undefined) this.#commit(firstSeq, accepted, bytes);
       else {
-        this.#batches.push({ firstSeq, chunks: accepted, bytes, pos: 0, returned: 0 });
+        this.#batches.push({ firstSeq, chunks: accepted, bytes, pos: 0, returned: 0, packed: packed === undefined ? undefined : { bytes: new Uint8Array(packed.buffer), sizes: packed.sizes, offset: 0 } });
         this.#wake();
       }
     }
@@ -592,7 +603,17 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     const batch = this.#batches[this.#bi];
     if (batch === undefined) return undefined;
     const i = batch.pos++;
-    const chunk: Chunk = { seq: batch.firstSeq + i, data: batch.chunks[i] as ChunkData };
+    let data = batch.chunks[i] as ChunkData;
+    const packed = batch.packed;
+    if (packed !== undefined) {
+      const size = packed.sizes[i]!;
+      if (size !== UNPACKED) {
+        // slice() copies: the chunk owns its bytes.
+        data = packed.bytes.slice(packed.offset, packed.offset + size);
+        packed.offset += size;
+      }
+    }
+    const chunk: Chunk = { seq: batch.firstSeq + i, data };
     // Bytes come per batch; return them pro rata, the remainder with the batch's last chunk.
     const last = batch.pos === batch.chunks.length;
     const share = last ? batch.bytes - batch.returned : Math.floor(batch.bytes / batch.chunks.length);

@@ -495,7 +495,8 @@ export class IsolatePool implements SandboxPool {
     if (rec.state !== 'running') return;
     let parsed;
     try {
-      parsed = parseFromSandbox(item.m);
+      // Packed byte chunks stay packed: HostStream copies each out as its consumer takes it.
+      parsed = parseFromSandbox(item.m, { keepPacked: true });
     } catch (err) {
       this.#terminate(rec, err instanceof SluiceError ? err : new SluiceError('ERR_PROTOCOL', String(err)));
       return;

@@ -166,7 +166,8 @@ export class WorkerPool implements SandboxPool {
     }
     let msg;
     try {
-      msg = parseFromSandbox(data);
+      // Packed byte chunks stay packed: HostStream copies each out as its consumer takes it.
+      msg = parseFromSandbox(data, { keepPacked: true });
     } catch (err) {
       this.#terminate(run, err as SluiceError);
       return;
