@@ -26,7 +26,7 @@ export interface DriverEnv {
   later(fn: () => void): void;
 }
 
-/** A batch is sent early once it holds this many chunks or bytes. */
+/** A batch is sent early once it holds this many chunks or bytes (or half the window, if less). */
 export const MAX_BATCH_CHUNKS = 512;
 export const MAX_BATCH_BYTES = 256 * 1024;
 const CHUNK_DEPTH = 64;
@@ -38,6 +38,9 @@ class Stop {}
 
 export class StreamDriver {
   private readonly credit: CreditBalance;
+  /** A batch is sent once it holds this many chunks or bytes: half the window, at most MAX_BATCH_*. */
+  private readonly flushChunks: number;
+  private readonly flushBytes: number;
   private readonly rules: ChunkRules;
   private readonly abort: AbortPair;
   private nextSeq: number;
@@ -60,6 +63,8 @@ export class StreamDriver {
     private readonly env: DriverEnv,
   ) {
     this.credit = new CreditBalance(spec.window);
+    this.flushChunks = Math.max(1, Math.min(MAX_BATCH_CHUNKS, Math.floor(spec.window.chunks / 2)));
+    this.flushBytes = Math.max(1, Math.min(MAX_BATCH_BYTES, Math.floor(spec.window.bytes / 2)));
     this.rules = { maxDepth: CHUNK_DEPTH, maxChunkBytes: spec.limits.maxChunkBytes };
     this.abort = createAbort();
     this.nextSeq = spec.resume?.seq ?? 0;
@@ -106,7 +111,8 @@ export class StreamDriver {
         kind = 'stream';
         iterator = pull.iterator;
         for (;;) {
-          await this.waitForCredit();
+          // Only a missing credit costs a turn: an `await` of nothing is still a microtask per chunk.
+          if (!this.credit.available || this.cancelled !== undefined) await this.waitForCredit();
           const step = await iterator.next();
           if (step.done === true) {
             iterator = undefined;
@@ -182,7 +188,10 @@ export class StreamDriver {
     this.nextSeq++;
     this.credit.spend(bytes);
     // Out of credit: the host must see these chunks before it can grant more.
-    if (!this.credit.available || this.batch.length >= MAX_BATCH_CHUNKS || this.batchBytes >= MAX_BATCH_BYTES) this.flush();
+    // Half a window is sent without waiting for the tick: a plugin that yields without
+    // pausing never reaches the tick until its credit runs out, and the host can consume
+    // (and return credit for) one half while the plugin fills the other.
+    if (!this.credit.available || this.batch.length >= this.flushChunks || this.batchBytes >= this.flushBytes) this.flush();
     else this.scheduleFlush();
   }
 
