@@ -51,6 +51,7 @@ export class StreamDriver {
   private batchBytes = 0;
   private batchLargest = 0;
   private flushScheduled = false;
+  private sentChunks = false;
   private progress: { fraction: number; message?: string } | undefined;
   private creditWaiter: (() => void) | undefined;
   private cancelled: string | undefined;
@@ -191,7 +192,9 @@ export class StreamDriver {
     // Half a window is sent without waiting for the tick: a plugin that yields without
     // pausing never reaches the tick until its credit runs out, and the host can consume
     // (and return credit for) one half while the plugin fills the other.
-    if (!this.credit.available || this.batch.length >= this.flushChunks || this.batchBytes >= this.flushBytes) this.flush();
+    // The stream's first chunk goes at once: it is what a consumer waits on, and a plugin
+    // busy after its first yield would otherwise hold it back until its next pause.
+    if (!this.credit.available || this.batch.length >= this.flushChunks || this.batchBytes >= this.flushBytes || !this.sentChunks) this.flush();
     else this.scheduleFlush();
   }
 
@@ -208,6 +211,7 @@ export class StreamDriver {
     if (this.batch.length > 0) {
       const chunks = this.batch;
       this.batch = [];
+      this.sentChunks = true;
       const packed = this.packer.take(chunks.length);
       const msg: FromSandbox = { type: 'batch', firstSeq: this.batchFirstSeq, chunks, bytes: this.batchBytes, largest: this.batchLargest };
       if (packed === undefined) this.env.send(msg);
