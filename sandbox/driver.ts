@@ -53,6 +53,8 @@ export class StreamDriver {
   private flushScheduled = false;
   private sentChunks = false;
   private progress: { fraction: number; message?: string } | undefined;
+  /** The latest checkpoint not yet sent (only the latest matters). */
+  private checkpointed: { seq: number; state: ChunkData } | undefined;
   private creditWaiter: (() => void) | undefined;
   private cancelled: string | undefined;
   private finished = false;
@@ -164,9 +166,10 @@ export class StreamDriver {
         this.scheduleFlush();
       },
       checkpoint: (state: ChunkData) => {
-        const copy = copyChunk(state, this.rules, 'checkpoint state');
-        this.flush();
-        this.env.send({ type: 'checkpoint', seq: this.nextSeq, state: copy.data });
+        // Held until the next flush, right after the batch holding the chunks before it:
+        // a checkpoint every few chunks then neither cuts batches short nor costs a message each.
+        this.checkpointed = { seq: this.nextSeq, state: copyChunk(state, this.rules, 'checkpoint state').data };
+        this.scheduleFlush();
       },
       log: Object.freeze({
         debug: (...args: unknown[]) => send('debug', args),
@@ -222,6 +225,11 @@ export class StreamDriver {
       }
       this.batchBytes = 0;
       this.batchLargest = 0;
+    }
+    if (this.checkpointed !== undefined) {
+      const { seq, state } = this.checkpointed;
+      this.checkpointed = undefined;
+      this.env.send({ type: 'checkpoint', seq, state });
     }
     if (this.progress !== undefined) {
       const p = this.progress;

@@ -164,6 +164,7 @@ class IsolateStream {
   private wakeTimer: { timeout: NodeJS.Timeout } | { immediate: NodeJS.Immediate } | undefined;
   private wakeDue = Infinity;
   private nextSeq: number;
+  private checkpointSeq = 0;
   private readonly ledger: CreditLedger;
   private readonly rules: ChunkRules;
   private readonly cpuLimitNs: bigint;
@@ -361,7 +362,12 @@ class IsolateStream {
         return batch;
       }
       case 'checkpoint':
-        if (msg.seq !== this.nextSeq) throw new SluiceError('ERR_PROTOCOL', `Checkpoint at seq ${msg.seq}, expected ${this.nextSeq}`);
+        // A checkpoint travels after its batch, which may also hold chunks yielded after it:
+        // never ahead of the chunks sent, never behind the previous checkpoint.
+        if (msg.seq > this.nextSeq || msg.seq < this.checkpointSeq) {
+          throw new SluiceError('ERR_PROTOCOL', `Checkpoint at seq ${msg.seq}, expected ${this.checkpointSeq}..${this.nextSeq}`);
+        }
+        this.checkpointSeq = msg.seq;
         return { type: 'checkpoint', seq: msg.seq, state: copyChunk(msg.state, this.rules, 'checkpoint state').data };
       case 'error': {
         const e = msg.error;
