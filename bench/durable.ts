@@ -12,7 +12,7 @@ import type { StreamOptions } from '../host/types.js';
 import { contender, race, ratio, round3 } from './harness.js';
 
 const PLUGIN = fileURLToPath(new URL('../../bench/fixtures/plugins/steps.ts', import.meta.url));
-const CHUNKS = 50_000;
+const CHUNKS = 200_000;
 const ROUNDS = 5;
 
 export const targets = { checkpoint_vs_none: '>= 0.95', log_vs_none: '>= 0.5' };
