@@ -111,3 +111,16 @@ test('metrics count streams and chunks in the host registry', async (t) => {
   assert.match(text, /sluice_chunks_total 50/);
   assert.match(text, /sluice_streams_ended_total\{status="done",code=""\} 1/);
 });
+
+test('a plugin loads while every stream thread is busy (loading has a thread of its own)', async (t) => {
+  const host = await openHost(t, { workers: { maxThreads: 1, minThreads: 1 }, cancelGraceMs: 100 });
+  const blocker = host.stream(P, 'hang', {}, W);
+  await blocker[Symbol.asyncIterator]().next();
+  const other = host.stream(fixture('plugin-dirs/mixed/good.ts'), 'hello', { name: 'x' }, W);
+  // Loading used to queue behind the busy thread until its 10 s describe timeout.
+  const deadline = Date.now() + 5000;
+  while (!host.plugins().some((p) => p.name === 'good') && Date.now() < deadline) await sleep(20);
+  assert.ok(host.plugins().some((p) => p.name === 'good'), 'the plugin loaded while the stream thread was busy');
+  await blocker.cancel();
+  assert.deepEqual((await collect(other)).map((c) => c.data), ['hello x']);
+});

@@ -37,6 +37,8 @@ const WORKER_ENTRY = fileURLToPath(new URL('../../sandbox/worker.js', import.met
 /** Young generation is kept small; the limit a user sets is the old generation. */
 const YOUNG_GENERATION_MB = 16;
 const DESCRIBE_TIMEOUT_MS = 10_000;
+/** The describe thread goes away when no plugin has been loaded for this long. */
+const DESCRIBE_IDLE_MS = 5_000;
 // Process-only flags (isolated-vm's --no-node-snapshot, --expose-gc) make new Worker() throw.
 const PROCESS_ONLY_FLAGS = new Set(['--no-node-snapshot', '--expose-gc', '--expose_gc']);
 const WORKER_EXEC_ARGV = process.execArgv.filter((a) => !PROCESS_ONLY_FLAGS.has(a));
@@ -65,6 +67,7 @@ export class WorkerPool implements SandboxPool {
   /** One Piscina per memory limit (resourceLimits are fixed per thread). */
   readonly #pools = new Map<number, Piscina>();
   readonly #running = new Set<Running>();
+  #describePool: Piscina | undefined;
   #timer: NodeJS.Timeout | undefined;
   #replaced = 0;
   #closed = false;
@@ -114,12 +117,29 @@ export class WorkerPool implements SandboxPool {
     const task: DescribeTask = { kind: 'describe', modulePath: plugin.modulePath };
     let result: DescribeResult;
     try {
-      result = (await this.#pool(this.#defaultMemory()).run(task, { signal: signal === undefined ? timeout : AbortSignal.any([signal, timeout]) })) as DescribeResult;
+      result = (await this.#describer().run(task, { signal: signal === undefined ? timeout : AbortSignal.any([signal, timeout]) })) as DescribeResult;
     } catch (err) {
       throw new SluiceError('ERR_PLUGIN_LOAD', `Loading plugin ${plugin.name} failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
     }
     if (!result.ok) throw fromWireError(parseWireError(result.error));
     return result.description;
+  }
+
+  /**
+   * Loading a plugin gets a thread of its own: stream threads are held for a stream's
+   * whole life, so sharing them would make a describe wait behind running streams (with
+   * one thread, a pipeline whose second plugin is not loaded yet would never start).
+   */
+  #describer(): Piscina {
+    this.#describePool ??= new Piscina({
+      filename: WORKER_ENTRY,
+      minThreads: 0,
+      maxThreads: 1,
+      idleTimeout: DESCRIBE_IDLE_MS,
+      resourceLimits: { maxOldGenerationSizeMb: this.#defaultMemory(), maxYoungGenerationSizeMb: YOUNG_GENERATION_MB },
+      execArgv: WORKER_EXEC_ARGV,
+    });
+    return this.#describePool;
   }
 
   #defaultMemory(): number {
@@ -243,7 +263,7 @@ export class WorkerPool implements SandboxPool {
   async close(timeoutMs = 5_000): Promise<void> {
     if (this.#closed) return this.destroy();
     this.#closed = true;
-    const drained = Promise.all([...this.#pools.values()].map((p) => p.close()));
+    const drained = Promise.all([...this.#pools.values(), ...(this.#describePool === undefined ? [] : [this.#describePool])].map((p) => p.close()));
     let timer: NodeJS.Timeout | undefined;
     const timedOut = new Promise<void>((resolve) => {
       timer = setTimeout(resolve, timeoutMs);
@@ -261,8 +281,9 @@ export class WorkerPool implements SandboxPool {
     for (const run of [...this.#running]) {
       run.stopReason ??= stop;
     }
-    const pools = [...this.#pools.values()];
+    const pools = [...this.#pools.values(), ...(this.#describePool === undefined ? [] : [this.#describePool])];
     this.#pools.clear();
+    this.#describePool = undefined;
     await Promise.all(pools.map((p) => p.destroy()));
     for (const run of [...this.#running]) this.#exit(run, stop);
   }
