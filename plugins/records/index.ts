@@ -79,6 +79,17 @@ export default definePlugin({
       ctx.progress(1, `${skip + emitted} records`);
     },
 
+    /** A sink: totals of records read from another stream (`params.input`), one at a time. */
+    async total({ input }: { input: AsyncIterable<Record> }) {
+      let count = 0;
+      let amountCents = 0;
+      for await (const r of input) {
+        count++;
+        amountCents += r.amountCents;
+      }
+      return { count, amountCents };
+    },
+
     async summarize(params: Params) {
       const totals: { [category: string]: { count: number; amountCents: number } } = {};
       for (const r of parse(params)) {
