@@ -12,6 +12,9 @@ import type { Store, RetentionPolicy } from './store/store.js';
 import type { DurableLog, HostStream } from './stream.js';
 import type { Durability, StreamResult } from './types.js';
 
+/** The shortest time between two checkpoint writes of one stream. */
+const CHECKPOINT_INTERVAL_MS = 50;
+
 export interface StartPoint {
   /** What the action gets as `ctx.resume`. */
   resume: Resume | undefined;
@@ -31,6 +34,10 @@ export class DurableStream {
   /** The newest checkpoint not yet written; older ones it replaced never will be (only the last one matters). */
   #pending: { seq: number; state: ChunkData } | undefined;
   #writing = false;
+  #lastWrite = -Infinity;
+  /** Ends the wait between two writes early (the stream ended, a retry needs the latest). */
+  #hurry: (() => void) | undefined;
+  #urgent = false;
   #attempts = 0;
   #retryTimer: NodeJS.Timeout | undefined;
 
@@ -65,13 +72,36 @@ export class DurableStream {
     this.#writing = true;
     try {
       while (this.#pending !== undefined) {
-        const { seq, state } = this.#pending;
+        // Every commit costs the host thread time; a plugin checkpointing every few chunks
+        // would otherwise keep one in flight at all times. A crash loses at most this much progress.
+        const wait = CHECKPOINT_INTERVAL_MS - (performance.now() - this.#lastWrite);
+        if (wait > 0 && !this.#urgent) {
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, wait);
+            this.#hurry = () => {
+              clearTimeout(timer);
+              resolve();
+            };
+          });
+          this.#hurry = undefined;
+        }
+        const { seq, state } = this.#pending!;
         this.#pending = undefined;
+        this.#lastWrite = performance.now();
         await this.store.putCheckpoint({ streamId: this.stream.id, seq, state }).catch((err: unknown) => this.logger.error({ err, stream: this.stream.id }, 'checkpoint write failed'));
       }
     } finally {
       this.#writing = false;
     }
+  }
+
+  /** Write the newest checkpoint now (no waiting out the interval); resolves once stored. */
+  drain(): Promise<unknown> {
+    this.#urgent = true;
+    this.#hurry?.();
+    return this.#checkpoints.finally(() => {
+      this.#urgent = false;
+    });
   }
 
   /** Record a new stream with what a later host needs to start it again. */
@@ -83,7 +113,7 @@ export class DurableStream {
 
   /** Where a run starts: the last checkpoint, and (in log mode) the log's tail. */
   async startPoint(): Promise<StartPoint> {
-    await this.#checkpoints;
+    await this.drain();
     const cp = this.store.getCheckpoint(this.stream.id);
     const startSeq = cp?.seq ?? 0;
     return {
@@ -99,13 +129,13 @@ export class DurableStream {
   }
 
   /** Store the end, after pending checkpoints; an end that is really a host shutdown is not stored. */
-  finished(result: StreamResult, hostClosing: boolean): void {
+  finished(result: StreamResult, hostClosing: boolean): Promise<unknown> {
     if (hostClosing || result.error?.code === 'ERR_HOST_CLOSED') {
-      // The stream stays unfinished in the store, to be resumed by the next host.
+      // The stream stays unfinished in the store, to be resumed by the next host from its newest checkpoint.
       this.stream.endReaders();
-      return;
+      return this.drain();
     }
-    void this.#checkpoints
+    return this.drain()
       .then(() => this.store.setStatus(this.stream.id, result.status, result.error))
       .catch((err: unknown) => this.logger.error({ err, stream: this.stream.id }, 'store status update failed'));
   }

@@ -62,6 +62,8 @@ export class Sluice implements AsyncDisposable {
   readonly #slots = new Map<HostStream, Ticket>();
   readonly #clocked = new Set<HostStream>();
   readonly #durable = new Map<HostStream, DurableStream>();
+  /** Checkpoint and status writes of ended durable streams, still in flight. */
+  readonly #storing = new Set<Promise<unknown>>();
   /** How to start a durable stream again (set once it is admitted). */
   readonly #restarts = new Map<HostStream, (from: StartPoint) => Promise<void>>();
   #watchdog: NodeJS.Timeout | undefined;
@@ -450,7 +452,12 @@ export class Sluice implements AsyncDisposable {
 
   #finished(stream: HostStream, result: StreamResult): void {
     const e = this.#e;
-    this.#durable.get(stream)?.finished(result, this.#closing !== undefined);
+    const storing = this.#durable.get(stream)?.finished(result, this.#closing !== undefined);
+    if (storing !== undefined) {
+      // close() waits for these before it closes the store.
+      this.#storing.add(storing);
+      void storing.finally(() => this.#storing.delete(storing));
+    }
     this.#durable.delete(stream);
     this.#restarts.delete(stream);
     this.#live.delete(stream.id);
@@ -518,6 +525,7 @@ export class Sluice implements AsyncDisposable {
     // A pool that does not close in time is destroyed: close() is bounded whatever a sandbox does.
     await Promise.all(Object.values(e.pools).map((p) => withTimeout(p.close(timeout), timeout + POOL_CLOSE_SLACK_MS).catch(() => p.destroy())));
     this.#stopWatchdog();
+    await withTimeout(Promise.all(this.#storing), timeout).catch(() => undefined);
     await e.store?.close();
   }
 
