@@ -33,8 +33,6 @@
 import { fork, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { Bench, type Task } from 'tinybench';
@@ -43,6 +41,7 @@ import { DEFAULT_WINDOW, MAX_WINDOW_BYTES, MAX_WINDOW_CHUNKS, type Window } from
 import type { SandboxKind } from '../sandbox/sdk.js';
 import { MAX_BATCH_BYTES, MAX_BATCH_CHUNKS } from '../sandbox/driver.js';
 import type { RawStreamTask } from './fixtures/raw-worker.js';
+import { type Contender, median, medianRatio, perS, race, ratios, round3 } from './harness.js';
 
 const CHUNK_BYTES = 1024;
 const CHUNKS = 200_000;
@@ -62,39 +61,6 @@ const MB = 1024 * 1024;
 const PLUGIN = fileURLToPath(new URL('../../bench/fixtures/plugins/chunks.ts', import.meta.url));
 const RAW_WORKER = fileURLToPath(new URL('./fixtures/raw-worker.js', import.meta.url));
 const RAW_CHILD = fileURLToPath(new URL('./fixtures/raw-child.js', import.meta.url));
-
-/** One contender in a race: runs CHUNKS (or ISOLATE_CHUNKS) chunks once and returns the ms it took. */
-interface Contender {
-  name: string;
-  run: () => Promise<number>;
-  ms: number[];
-}
-
-/** Each round runs every contender once, the order rotating per round so drift in load hits all of them. */
-async function race(contenders: Contender[], rounds: number): Promise<void> {
-  for (let r = 0; r < rounds; r++) {
-    for (let k = 0; k < contenders.length; k++) {
-      const c = contenders[(r + k) % contenders.length]!;
-      collectGarbage();
-      c.ms.push(await c.run());
-    }
-  }
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
-}
-
-/** Median over rounds of (baseline ms / candidate ms): candidate throughput as a fraction of the baseline's. */
-function medianRatio(candidate: number[], baseline: number[]): number {
-  return median(candidate.map((ms, i) => baseline[i]! / ms));
-}
-
-const ratios = (candidate: number[], baseline: number[]): string => candidate.map((ms, i) => (baseline[i]! / ms).toFixed(2)).join(' ');
-const perS = (chunks: number, ms: number[]): number => Math.round((chunks / median(ms)) * 1000);
-const round3 = (n: number): number => Math.round(n * 1000) / 1000;
 
 /** The consumer's check that it got the chunks the producer made: count, order, payload. */
 class Tally {
@@ -131,16 +97,6 @@ class RssGrowth {
     this.growth = Math.max(this.growth, this.#peak - this.#base);
   }
 }
-
-/**
- * A full GC between runs, so one contender's garbage is not collected on the next one's
- * clock. The runner cannot pass --expose-gc (package.json fixes its flags); V8 takes it at runtime.
- */
-const collectGarbage: () => void = (() => {
-  setFlagsFromString('--expose-gc');
-  const gc = runInNewContext('gc') as unknown;
-  return typeof gc === 'function' ? (gc as () => void) : () => undefined;
-})();
 
 async function hostRun(host: Sluice, sandbox: SandboxKind, count: number, window: Window, rss?: RssGrowth): Promise<number> {
   const tally = new Tally();

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Sluice } from '../host/index.js';
 import type { StreamOptions } from '../host/types.js';
-import { contender, race, ratio, round3 } from './harness.js';
+import { type Contender, medianRatio, perS, race, round3, timed } from './harness.js';
 
 const PLUGIN = fileURLToPath(new URL('../../bench/fixtures/plugins/steps.ts', import.meta.url));
 const CHUNKS = 200_000;
@@ -27,18 +27,17 @@ export async function benchDurable(log: (line: string) => void = console.log): P
       if (n !== CHUNKS) throw new Error(`expected ${CHUNKS} chunks, got ${n}`);
     };
     await drain({ count: CHUNKS }, {}); // warm: bundle, threads, JIT
-    const none = contender('none', () => drain({ count: CHUNKS }, {}));
-    const checkpoint = contender('checkpoint', () => drain({ count: CHUNKS, checkpointEvery: 64 }, { durability: 'checkpoint' }));
-    const logged = contender('log', () => drain({ count: CHUNKS }, { durability: 'log' }));
+    const none: Contender = { name: 'none', ms: [], run: timed(() => drain({ count: CHUNKS }, {})) };
+    const checkpoint: Contender = { name: 'checkpoint', ms: [], run: timed(() => drain({ count: CHUNKS, checkpointEvery: 64 }, { durability: 'checkpoint' })) };
+    const logged: Contender = { name: 'log', ms: [], run: timed(() => drain({ count: CHUNKS }, { durability: 'log' })) };
     log(`durability: ${CHUNKS} records of ~1 KiB, worker sandbox, ${ROUNDS} rounds`);
     await race([none, checkpoint, logged], ROUNDS, log);
-    const perS = (ms: number[]): number => Math.round((CHUNKS / [...ms].sort((a, b) => a - b)[ms.length >> 1]!) * 1000);
     return {
-      checkpoint_vs_none: round3(ratio(checkpoint, none)),
-      log_vs_none: round3(ratio(logged, none)),
-      durable_none_chunks_per_s: perS(none.times),
-      durable_checkpoint_chunks_per_s: perS(checkpoint.times),
-      durable_log_chunks_per_s: perS(logged.times),
+      checkpoint_vs_none: round3(medianRatio(checkpoint.ms, none.ms)),
+      log_vs_none: round3(medianRatio(logged.ms, none.ms)),
+      durable_none_chunks_per_s: perS(CHUNKS, none.ms),
+      durable_checkpoint_chunks_per_s: perS(CHUNKS, checkpoint.ms),
+      durable_log_chunks_per_s: perS(CHUNKS, logged.ms),
     };
   } finally {
     await host.close();
