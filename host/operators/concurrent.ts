@@ -6,15 +6,7 @@
  * free. So the source is never more than N items (plus the one being pulled) ahead
  * of the consumer, however slow the consumer is.
  */
-import {
-  DONE,
-  SerialIterator,
-  Wake,
-  closeInBackground,
-  closeIterator,
-  isPromiseLike,
-  open,
-} from './internal.js';
+import { DONE, isPromiseLike, open, releaseSource, SerialIterator, Wake } from './internal.js';
 
 const SLOT_PENDING = 0;
 const SLOT_OK = 1;
@@ -136,13 +128,10 @@ class ConcurrentMapIterator<I, O> extends SerialIterator<O> {
     this.closed = true;
     const it = this.it;
     if (it === undefined || this.sourceDone) return;
-    if (this.pulling) closeInBackground(it);
-    else {
-      try {
-        await closeIterator(it);
-      } catch {
-        // Secondary to the error the consumer is about to see.
-      }
+    try {
+      await releaseSource(it, this.pulling);
+    } catch {
+      // Secondary to the error the consumer is about to see.
     }
   }
 
@@ -152,8 +141,7 @@ class ConcurrentMapIterator<I, O> extends SerialIterator<O> {
     this.wake.fire();
     const it = this.it;
     if (it !== undefined && !this.sourceDone) {
-      if (this.pulling) closeInBackground(it);
-      else await closeIterator(it);
+      await releaseSource(it, this.pulling);
     }
     return DONE;
   }

@@ -49,6 +49,17 @@ export function closeInBackground(it: AsyncIterator<unknown>): void {
   closeIterator(it).then(undefined, ignoreLateCloseError);
 }
 
+/**
+ * Return a source the consumer no longer wants. While a `next()` is pending the source
+ * can only close after it, so the close goes on in the background (see closeInBackground);
+ * otherwise it is awaited, so an error from the source's `finally` reaches the consumer.
+ */
+export function releaseSource(it: AsyncIterator<unknown>, pulling: boolean): Promise<unknown> {
+  if (!pulling) return closeIterator(it);
+  closeInBackground(it);
+  return DONE_PROMISE;
+}
+
 function ignoreLateCloseError(): void {
   // See closeInBackground: the consumer is gone; nobody can act on this error.
 }

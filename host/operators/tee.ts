@@ -22,7 +22,7 @@
  */
 import { assertInteger, assertOneOf, isObject } from '../../protocol/assert.js';
 import { SluiceError } from '../../protocol/errors.js';
-import { DONE, Ring, SerialIterator, Wake, assertFunction, closeInBackground, closeIterator, open } from './internal.js';
+import { assertFunction, closeInBackground, DONE, open, releaseSource, Ring, SerialIterator, Wake } from './internal.js';
 
 export type BranchPolicy = 'wait' | { buffer: number; onOverflow: 'wait' | 'error' | 'drop' };
 
@@ -144,8 +144,7 @@ class Fanout<T> {
     const it = this.it;
     if (it === undefined || this.sourceDone) return;
     this.sourceDone = true;
-    if (this.pulling) closeInBackground(it);
-    else await closeIterator(it);
+    await releaseSource(it, this.pulling);
   }
 }
 

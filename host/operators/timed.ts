@@ -3,7 +3,7 @@
  * (never a polling loop), cleared when they end, fail or are returned.
  */
 import { assertInteger } from '../../protocol/assert.js';
-import { DONE, SerialIterator, Wake, closeInBackground, closeIterator, open, type Operator } from './internal.js';
+import { DONE, open, type Operator, releaseSource, SerialIterator, Wake } from './internal.js';
 
 const MAX_MS = 2_147_483_647; // setTimeout's ceiling
 
@@ -103,8 +103,7 @@ class BatchIterator<T> extends SerialIterator<T[]> {
     this.wake.fire();
     const it = this.it;
     if (it !== undefined && !this.sourceDone) {
-      if (this.pulling) closeInBackground(it);
-      else await closeIterator(it);
+      await releaseSource(it, this.pulling);
     }
     return DONE;
   }
@@ -195,8 +194,7 @@ class ThrottleIterator<T> extends SerialIterator<T> {
     this.wake.fire();
     const it = this.it;
     if (it !== undefined) {
-      if (this.pulling) closeInBackground(it);
-      else await closeIterator(it);
+      await releaseSource(it, this.pulling);
     }
     return DONE;
   }

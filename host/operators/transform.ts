@@ -10,16 +10,7 @@
  */
 import { assertInteger } from '../../protocol/assert.js';
 import { ConcurrentMap } from './concurrent.js';
-import {
-  DONE,
-  SerialIterator,
-  assertFunction,
-  closeInBackground,
-  closeIterator,
-  isPromiseLike,
-  open,
-  type Operator,
-} from './internal.js';
+import { assertFunction, closeIterator, DONE, isPromiseLike, open, type Operator, releaseSource, SerialIterator } from './internal.js';
 
 const STAGE_MAP = 0;
 const STAGE_FILTER = 1;
@@ -285,8 +276,7 @@ class FusedIterator<T> extends SerialIterator<T> {
     this.phase = PHASE_ENDED;
     const it = this.it;
     if (phase === PHASE_PULL && it !== undefined) {
-      if (this.pulling) closeInBackground(it);
-      else await closeIterator(it);
+      await releaseSource(it, this.pulling);
     }
     const closing = this.closing;
     if (closing !== undefined) {
