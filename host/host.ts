@@ -97,9 +97,9 @@ export class Sluice implements AsyncDisposable {
           this.#tickets.delete(s);
           engine.metrics.queued.set(engine.scheduler.queued);
           s.exit(undefined);
-        } else if (ticket === undefined && !this.#slots.has(s)) {
-          // Still resolving its plugin: #prepare sees it ended and finishes it.
         }
+        // Not queued yet (still resolving its plugin): #prepare sees it ended and finishes it.
+        // Admitted and starting: attach() stops it.
       },
     };
   }

@@ -128,14 +128,4 @@ export class Scheduler {
     this.#queued--;
     return queue.splice(i, 1)[0]!;
   }
-
-  /** Empty the queue (host closing); returns what was waiting. */
-  drain(): Ticket[] {
-    const out: Ticket[] = [];
-    for (const kind of ['worker', 'isolate'] as const) {
-      for (const priority of PRIORITIES) out.push(...this.#queues[kind][priority].splice(0));
-    }
-    this.#queued = 0;
-    return out;
-  }
 }

@@ -3,16 +3,10 @@
  * so the server can be tested with a small fake and the host does not depend on it.
  */
 import type { Registry } from 'prom-client';
-import type { Durability, PluginInfo, ReadEvent, SluiceStream, StreamOptions, StreamStatus } from '../types.js';
+import type { PluginInfo, ReadEvent, SluiceStream, StreamInfo, StreamOptions } from '../types.js';
 
-export interface ServerStreamInfo {
-  id: string;
-  plugin: string;
-  action: string;
-  status: StreamStatus;
-  durability: Durability;
-  chunks: number;
-}
+/** What the server needs to know of a stream: the part of the host's StreamInfo it reads. */
+export type ServerStreamInfo = Pick<StreamInfo, 'id' | 'plugin' | 'action' | 'status' | 'durability' | 'chunks'>;
 
 export interface ServerReadOptions {
   /** First seq wanted (inclusive). */
