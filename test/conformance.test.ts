@@ -41,6 +41,19 @@ for (const sandbox of SANDBOXES) {
       }
     });
 
+    test('a byte chunk is the bytes as yielded, in a buffer of its own', async (t) => {
+      const host = await openHost(t);
+      // The plugin overwrites its buffer after each yield: what arrives must be the value at yield time.
+      const chunks = await collect(host.stream(P, 'mutate', {}, S));
+      assert.deepEqual(chunks.map((c) => [...(c.data as Uint8Array)]), [0, 1, 2, 3].map((i) => Array(8).fill(i)));
+      // Packed transport must not leak: a consumer holding one chunk holds nothing else.
+      for (const c of [...chunks, ...(await collect(host.stream(P, 'bytes', { count: 5, size: 1000 }, S)))]) {
+        const bytes = c.data as Uint8Array;
+        assert.equal(bytes.byteOffset, 0);
+        assert.equal(bytes.buffer.byteLength, bytes.byteLength, `chunk ${c.seq} is a view into a ${bytes.buffer.byteLength}-byte buffer`);
+      }
+    });
+
     test('progress reaches the stream', async (t) => {
       const host = await openHost(t);
       const stream = host.stream(P, 'count', { to: 10 }, S);
