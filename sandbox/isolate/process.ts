@@ -87,6 +87,8 @@ const WATCH_INTERVAL_MS = 25;
 /** Heap samples are async tasks on the isolate; every few watchdog ticks is enough. */
 const HEAP_SAMPLE_EVERY = 4;
 const MIB = 1024 * 1024;
+const HARD_LIMIT_FACTOR = 1.5;
+const HARD_LIMIT_MIN_HEADROOM_MB = 32;
 const NS_PER_MS = 1_000_000n;
 const CHUNK_DEPTH = 64;
 /** Compiled-code caches kept, by plugin id. */
@@ -190,7 +192,7 @@ class IsolateStream {
   async start(plugin: PluginScript): Promise<void> {
     try {
       const isolate = new ivm.Isolate({
-        memoryLimit: this.spec.limits.memoryMb,
+        memoryLimit: hardMemoryLimitMb(this.spec.limits.memoryMb),
         onCatastrophicError: (message) => this.owner.catastrophe(this.id, message),
       });
       this.isolate = isolate;
@@ -415,6 +417,15 @@ class IsolateStream {
     }
     this.owner.forget(this.id);
   }
+}
+
+/**
+ * Two memory guards that never race: the heap poll enforces `memoryMb` itself (heap plus
+ * external memory, reporting how much was used), and isolated-vm's own limit sits above
+ * it as the backstop for growth too fast for a 100 ms poll to see in time.
+ */
+function hardMemoryLimitMb(memoryMb: number): number {
+  return Math.max(Math.ceil(memoryMb * HARD_LIMIT_FACTOR), memoryMb + HARD_LIMIT_MIN_HEADROOM_MB);
 }
 
 function limitError(code: ErrorCode, message: string, details: Record<string, unknown>): WireError {
