@@ -72,6 +72,24 @@ test('a flood of control frames: ERR_RATE_LIMITED once, then close 4029; others 
   await other.frame((f) => f.type === 'pong' && f.id === 'ok');
 });
 
+test('credit for chunks the server sent is never rate limited; credit beyond it is', async (t) => {
+  const server = await startTestServer(t, new FakeHost(), { rateLimit: { burst: 5, perSecond: 5 } });
+  const c = await rawConnect(t, server, { token: await token() });
+  // A window of 2, returned at once for every frame: hundreds of credit frames a second.
+  c.send({ type: 'start', sub: 1, plugin: 'counter', action: 'count', params: { n: 600 }, credit: 2 });
+  c.ws.on('message', (data) => {
+    const f = JSON.parse(data.toString()) as { type: string; data?: unknown[] };
+    if (f.type === 'chunks') c.send({ type: 'credit', sub: 1, n: f.data!.length });
+  });
+  const end = await c.frame((f) => f.type === 'end', 'end', 10_000);
+  assert.equal(end.status, 'done');
+  assert.deepEqual(c.seqs(1), Array.from({ length: 600 }, (_, i) => i));
+  assert.equal(c.frames.filter((f) => f.type === 'error').length, 0);
+  // Unearned credit (nothing outstanding) pays like any control frame.
+  for (let i = 0; i < 50; i++) c.send({ type: 'credit', sub: 9, n: 1 });
+  await c.frame((f) => f.type === 'error' && f.code === 'ERR_RATE_LIMITED');
+});
+
 test('a client that slows down after being rate limited is not closed', async (t) => {
   const server = await startTestServer(t, new FakeHost(), { rateLimit: { burst: 10, perSecond: 100 } });
   const c = await rawConnect(t, server, { token: await token() });

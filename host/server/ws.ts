@@ -62,6 +62,8 @@ function isPending(slot: Slot): slot is Pending {
 }
 
 const decoder = new TextDecoder('utf-8');
+/** `{"type":"credit","sub":N,"n":N}` with room for whitespace; longer frames are not parsed before the rate limit. */
+const MAX_CREDIT_FRAME_BYTES = 128;
 
 export class Connection implements Outlet {
   readonly principal: Principal;
@@ -75,6 +77,8 @@ export class Connection implements Outlet {
   #strikes = 0;
   /** ERR_RATE_LIMITED was sent and the client has not calmed down since. */
   #told = false;
+  /** Chunks sent on this connection whose credit the client has not returned yet. */
+  #unreturned = 0;
   lastFrameAt = performance.now();
 
   constructor(ws: WebSocket<UserData>, principal: Principal, ctx: WsContext) {
@@ -99,6 +103,7 @@ export class Connection implements Outlet {
     const t = this.#ctx.metrics.tallies;
     t.chunksOut += count;
     t.frameOut('chunks');
+    this.#unreturned += count;
     this.#send(frame);
   }
 
@@ -161,6 +166,12 @@ export class Connection implements Outlet {
   onMessage(message: ArrayBuffer, isBinary: boolean): void {
     if (this.#closed) return;
     this.lastFrameAt = performance.now();
+    const earned = this.#earnedCredit(message, isBinary);
+    if (earned !== undefined) {
+      this.#ctx.metrics.tallies.frameIn('credit');
+      this.#handle(earned);
+      return;
+    }
     if (!this.#bucket.take()) {
       this.#strikes++;
       if (this.#strikes === 1 && !this.#told) {
@@ -199,6 +210,26 @@ export class Connection implements Outlet {
     }
     this.#ctx.metrics.tallies.frameIn(frame.type);
     this.#handle(frame);
+  }
+
+  /**
+   * A credit frame that returns credit for chunks this connection was sent is the flow
+   * control the server asked for, not a frame the client chose to send, so it bypasses the
+   * rate limit: a fast reader with a small window returns credit hundreds of times a
+   * second, and one dropped credit frame would stall its stream for good. Credit beyond
+   * what was sent pays a token like any other frame.
+   */
+  #earnedCredit(message: ArrayBuffer, isBinary: boolean): Extract<ClientFrame, { type: 'credit' }> | undefined {
+    if (isBinary || this.#unreturned === 0 || message.byteLength > MAX_CREDIT_FRAME_BYTES) return undefined;
+    let frame: ClientFrame;
+    try {
+      frame = decodeClientFrame(decoder.decode(message));
+    } catch {
+      return undefined;
+    }
+    if (frame.type !== 'credit' || frame.n > this.#unreturned) return undefined;
+    this.#unreturned -= frame.n;
+    return frame;
   }
 
   // ---- frames ----------------------------------------------------------------------
