@@ -13,11 +13,12 @@
  */
 import { EventEmitter } from 'node:events';
 import type { ChunkData } from '../protocol/chunk.js';
-import { CreditBalance, CreditLedger, type Window } from '../protocol/credit.js';
+import { CreditBalance, CreditLedger, DEFAULT_WINDOW, type Window } from '../protocol/credit.js';
 import { UNPACKED, copyChunk, unpackChunks, type PackedBytes } from '../protocol/chunk.js';
 import { SluiceError, fromWireError, toWireError } from '../protocol/errors.js';
 import { LIMIT_ERROR, type Limits } from '../protocol/limits.js';
 import type { ActionKind, FromSandbox } from '../protocol/messages.js';
+import { LogConsumer } from './log-consumer.js';
 import type { SandboxEvents, SandboxHandle } from './sandbox/types.js';
 import type { Chunk, Progress, ReadEvent, SluiceStream, StreamEvents, StreamResult, StreamStatus } from './types.js';
 
@@ -106,6 +107,10 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   });
   /** Tail when this run was set up: this stream's own consumer reads the log from here. */
   #firstTail = 0;
+  /** The seq after the last committed chunk of this run's appends. */
+  #logCommitted = 0;
+  /** This stream's own consumer in `log` mode, handed each batch once committed. */
+  #consumer: LogConsumer | undefined;
   /** A stream-consuming action's upstream, pumped into the sandbox against input credit. */
   #input: { source: AsyncIterable<unknown>; window: Window; credit: CreditBalance; wake: (() => void) | undefined; iterator: AsyncIterator<unknown> | undefined } | undefined;
   #chunks = 0;
@@ -421,7 +426,11 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     const committed = this.#log!.append(firstSeq, chunks);
     this.#ordered(() =>
       committed.then(
-        () => this.#returnCredit(chunks.length, bytes),
+        () => {
+          this.#logCommitted = firstSeq + chunks.length;
+          this.#consumer?.committed(firstSeq, chunks, bytes);
+          this.#returnCredit(chunks.length, bytes);
+        },
         (err: unknown) => {
           const error = new SluiceError('ERR_STORE_IO', `Appending to the stream's log failed: ${(err as Error)?.message ?? String(err)}`, { cause: err });
           this.#decide({ status: 'failed', error });
@@ -564,34 +573,27 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     };
   }
 
-  /** A `log` stream's own consumer is one more reader of its log, from where this run started. */
-  async *#readLog(log: DurableLog): AsyncGenerator<Chunk> {
-    if (!this.#demanded) {
-      this.#demanded = true;
-      this.emit('demand');
-    }
-    let done = false;
-    await this.#ready;
-    if (this.#outcome !== undefined && !this.#started) {
-      if (this.#outcome.status === 'done') return;
-      throw this.#outcome.error;
-    }
-    try {
-      for await (const event of log.read(this.#firstTail, this.#readAbort.signal)) {
-        if (event.type === 'chunk') yield { seq: event.seq, data: event.data };
-        else if (event.type === 'end') {
-          done = true;
-          break;
-        } else throw new SluiceError('ERR_STREAM_GAP', event.type === 'gap' ? `Chunks ${event.fromSeq}..${event.toSeq - 1} were removed by retention; read with host.read() to handle gaps` : 'The store was re-created');
-      }
-    } catch (err) {
-      // Aborted because the stream ended without a stored end (host closing): report its outcome.
-      if (!this.#readAbort.signal.aborted) throw err;
-    } finally {
-      if (!done && this.#outcome === undefined) void this.cancel('consumer stopped reading');
-    }
-    const outcome = this.#outcome;
-    if (outcome !== undefined && outcome.status !== 'done') throw outcome.error;
+  /** A `log` stream's own consumer: one more reader of its log, from where this run started, served from memory while it keeps up. */
+  #readLog(log: DurableLog): AsyncIterator<Chunk> {
+    const consumer = new LogConsumer({
+      log,
+      window: () => this.#ledger?.window ?? DEFAULT_WINDOW,
+      signal: this.#readAbort.signal,
+      ready: this.#ready,
+      over: this.result,
+      startSeq: () => this.#firstTail,
+      committed: () => Math.max(this.#logCommitted, this.#firstTail),
+      outcome: () => this.#outcome,
+      started: () => this.#started,
+      demand: () => {
+        if (this.#demanded) return;
+        this.#demanded = true;
+        this.emit('demand');
+      },
+      cancel: (reason) => void this.cancel(reason),
+    });
+    this.#consumer = consumer;
+    return consumer;
   }
 
   /** The stream ended but its end will not be stored (host closing): release log readers of this stream. */
@@ -683,5 +685,52 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
 
   override off<E extends keyof StreamEvents>(event: E, listener: (...args: StreamEvents[E]) => void): this {
     return super.off(event, listener as (...args: unknown[]) => void);
+  }
+
+  /**
+   * See `SluiceStream.takeBuffered`. The same chunks, copies and credit as `max` calls of
+   * `#take` (kept in step with it by hand): each batch's bytes are returned pro rata,
+   * the remainder with its last chunk, in one `consume` per batch instead of per chunk.
+   */
+  takeBuffered(max: number): Chunk[] {
+    const out: Chunk[] = [];
+    // Only the iterator's holder, after its first next() (which signals demand), and never
+    // past a pending next(): the waiter is owed the next chunk.
+    if (!this.#iterating || !this.#demanded || this.#log !== undefined || this.#waiter !== undefined) return out;
+    while (out.length < max) {
+      const batch = this.#batches[this.#bi];
+      if (batch === undefined) break;
+      const total = batch.chunks.length;
+      const stop = Math.min(total, batch.pos + max - out.length);
+      const packed = batch.packed;
+      for (let i = batch.pos; i < stop; i++) {
+        let data = batch.chunks[i] as ChunkData;
+        if (packed !== undefined) {
+          const size = packed.sizes[i]!;
+          if (size !== UNPACKED) {
+            // slice() copies: the chunk owns its bytes.
+            data = packed.bytes.slice(packed.offset, packed.offset + size);
+            packed.offset += size;
+          }
+        }
+        out.push({ seq: batch.firstSeq + i, data });
+      }
+      const taken = stop - batch.pos;
+      batch.pos = stop;
+      const last = stop === total;
+      const share = last ? batch.bytes - batch.returned : taken * Math.floor(batch.bytes / total);
+      batch.returned += share;
+      if (last) {
+        this.#batches[this.#bi] = undefined as unknown as Batch;
+        this.#bi++;
+        if (this.#bi === this.#batches.length) {
+          this.#batches = [];
+          this.#bi = 0;
+        }
+      }
+      const grant = this.#ledger?.consume(taken, share);
+      if (grant !== undefined) this.#grant(grant);
+    }
+    return out;
   }
 }
