@@ -59,6 +59,13 @@ const DISCONNECTED_GRACE_MS = 1000;
 const STARTUP_ALLOWANCE_MS = 3000;
 
 const PROCESS_ENTRY = fileURLToPath(new URL('../../sandbox/isolate/process.js', import.meta.url));
+/**
+ * Extra Node flags for every sandbox process, space-separated, from the environment:
+ * for profiling (`SLUICE_ISOLATE_EXEC_ARGV='--cpu-prof --cpu-prof-dir=/tmp/prof'`), as
+ * NODE_OPTIONS refuses --cpu-prof. Read once; a profile is written when the process exits
+ * on its own, which it does when the pool closes.
+ */
+const PROCESS_EXEC_ARGV = ['--no-node-snapshot', ...(process.env.SLUICE_ISOLATE_EXEC_ARGV ?? '').split(' ').filter((a) => a !== '')];
 
 function parseOptions(options: IsolatePoolOptions): Required<IsolatePoolOptions> {
   if (options === null || typeof options !== 'object') {
@@ -114,7 +121,7 @@ class ProcessSlot {
     onClose: (slot: ProcessSlot, code: number | null, signal: NodeJS.Signals | null) => void,
   ) {
     this.child = fork(PROCESS_ENTRY, [], {
-      execArgv: ['--no-node-snapshot'],
+      execArgv: PROCESS_EXEC_ARGV,
       serialization: 'advanced',
       stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
       env: { ...process.env, SLUICE_ISOLATE_PROCESS: '1' },

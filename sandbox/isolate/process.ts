@@ -155,7 +155,7 @@ class Outbox {
 
 // ---- one stream, one isolate ------------------------------------------------------
 
-type Dispatch = ivm.Reference<(op: DispatchOp, arg?: unknown) => unknown>;
+type Dispatch = ivm.Reference<(op: DispatchOp, arg?: unknown, self?: unknown) => unknown>;
 
 class IsolateStream {
   private isolate: ivm.Isolate | undefined;
@@ -207,7 +207,8 @@ class IsolateStream {
       wrapper.release();
       if (this.ended) return;
       this.dispatch = dispatch;
-      this.call('start', this.spec);
+      // The runtime keeps the Reference to its own dispatch for 0 ms ticks (see runtime.ts).
+      dispatch.apply(undefined, ['start', this.spec, dispatch], { arguments: { copy: true } }).catch((err: unknown) => this.callFailed(err));
       for (const msg of this.early) this.call('to', msg);
       this.early = [];
     } catch (err) {
@@ -232,7 +233,13 @@ class IsolateStream {
   /** Called by the watchdog every WATCH_INTERVAL_MS. */
   watch(sampleHeap: boolean): void {
     const isolate = this.isolate;
-    if (this.ended || isolate === undefined || isolate.isDisposed) return;
+    if (this.ended || isolate === undefined) return;
+    if (isolate.isDisposed) {
+      // Calls into the isolate do not wait for an outcome (see call()), so this is where
+      // ivm's own memoryLimit disposing it mid-task is noticed.
+      this.fail(this.disposedError(new Error('isolate disposed')));
+      return;
+    }
     if (this.cpuLimitNs > 0n && isolate.cpuTime > this.cpuLimitNs) {
       this.fail(limitError('ERR_LIMIT_CPU', `Stream used more than its ${this.spec.limits.cpuMs} ms of CPU time`, { cpuMs: this.spec.limits.cpuMs }));
       return;
@@ -268,14 +275,26 @@ class IsolateStream {
     this.release();
   }
 
-  private call(op: DispatchOp, arg?: unknown): void {
+  /**
+   * Fire and forget: waiting for the outcome would cost a thread hop back per call (one
+   * per credit grant). The runtime reports its own failures as the stream's error, and
+   * the watchdog notices an isolate ivm disposed.
+   */
+  private call(op: 'to' | 'tick', arg?: unknown): void {
     const dispatch = this.dispatch;
     if (dispatch === undefined || this.ended) return;
-    dispatch.apply(undefined, [op, arg], { arguments: { copy: true } }).catch((err: unknown) => {
-      if (this.ended) return;
-      if (this.isolate?.isDisposed === true) this.fail(this.disposedError(err));
-      else this.fail(toWireError(new SluiceError('ERR_PLUGIN_THREW', `Isolate runtime failed: ${describe(err)}`), false));
-    });
+    try {
+      dispatch.applyIgnored(undefined, [op, arg], { arguments: { copy: true } });
+    } catch (err) {
+      // Disposed by ivm since the last call.
+      this.callFailed(err);
+    }
+  }
+
+  private callFailed(err: unknown): void {
+    if (this.ended) return;
+    if (this.isolate?.isDisposed === true) this.fail(this.disposedError(err));
+    else this.fail(toWireError(new SluiceError('ERR_PLUGIN_THREW', `Isolate runtime failed: ${describe(err)}`), false));
   }
 
   /** We dispose only after marking the stream ended, so any other disposal is ivm's memoryLimit. */

@@ -17,8 +17,12 @@
  *
  * Isolates have no event loop: timers live in a table here, and the process calls
  * `dispatch('tick')` when the earliest one is due (the `wake` callback asks for that).
- * `DriverEnv.later` rides the same mechanism with a 0 ms delay rather than a microtask,
- * so a batch collects every chunk the plugin yields before the isolate goes idle.
+ * `DriverEnv.later` is a tick with a 0 ms delay rather than a microtask, so a batch
+ * collects every chunk the plugin yields before the isolate goes idle. A 0 ms tick never
+ * leaves the isolate's thread: `dispatch('start')` also receives an ivm Reference to
+ * `dispatch` itself, kept in a closure like the bridge, and `applyIgnored` on it queues
+ * the tick as the isolate's next task, after the current one and its microtasks. Going
+ * through the process instead cost two thread hops per batch.
  */
 import { StreamDriver } from '../driver.js';
 import { SluiceError, describeThrown, toWireError } from '../../protocol/errors.js';
@@ -35,6 +39,11 @@ export interface Bridge {
 
 /** The operations the process may ask for. */
 export type DispatchOp = 'start' | 'to' | 'tick' | 'describe';
+
+/** The one method used of the ivm Reference to `dispatch` that `dispatch('start')` receives. */
+export interface SelfReference {
+  applyIgnored(receiver: undefined, args: [DispatchOp]): void;
+}
 
 /** What `dispatch('describe')` returns (plain data; the process parses it). */
 export type DescribeResult =
@@ -67,13 +76,17 @@ const TIMEOUT_MAX = 2 ** 31 - 1;
 const timers = new Map<number, Timer>();
 let nextTimerId = 1;
 let laterQueue: Array<() => void> = [];
-/** The time the process was last asked to tick at; Infinity when no tick is pending. */
+/** The time a tick was last asked for; Infinity when no tick is pending. */
 let wakeAt = Infinity;
+/** Queues `dispatch('tick')` as this isolate's next task; set by `dispatch('start')`. */
+let tickNext: (() => void) | undefined;
 
 function requestWake(due: number): void {
   if (due >= wakeAt) return;
   wakeAt = due;
-  bridge?.wake(Math.max(0, due - Date.now()));
+  const delay = due - Date.now();
+  if (delay <= 0 && tickNext !== undefined) tickNext();
+  else bridge?.wake(Math.max(0, delay));
 }
 
 function clampDelay(ms: unknown): number {
@@ -382,22 +395,32 @@ function start(spec: StartSpec): void {
 
 /**
  * The one entry the process calls (through an ivm Reference it keeps). Its arguments
- * come from the process, not from plugin code.
+ * come from the process, not from plugin code. The process calls 'to' and 'tick' without
+ * waiting for an outcome, so a failure there is reported as the stream's error here.
  */
-export function dispatch(op: DispatchOp, arg: unknown): unknown {
+export function dispatch(op: DispatchOp, arg: unknown, self?: SelfReference): unknown {
   switch (op) {
     case 'start':
+      if (self !== undefined) tickNext = () => self.applyIgnored(undefined, ['tick']);
       start(arg as StartSpec);
       return undefined;
     case 'to':
-      driver?.onMessage(arg as ToSandbox);
+      guard(() => driver?.onMessage(arg as ToSandbox));
       return undefined;
     case 'tick':
-      tick();
+      guard(tick);
       return undefined;
     case 'describe':
       return describe();
     default:
       throw new Error(`unknown dispatch op ${String(op)}`);
+  }
+}
+
+function guard(fn: () => void): void {
+  try {
+    fn();
+  } catch (err) {
+    emit({ type: 'error', error: toWireError(new SluiceError('ERR_PLUGIN_THREW', `Isolate runtime failed: ${describeThrown(err)}`), false) });
   }
 }
