@@ -100,7 +100,8 @@ export class Engine {
     this.meta = root.openDB<Buffer, string>(TABLES.meta, { encoding: 'binary' });
     this.streams = root.openDB<Buffer, string>(TABLES.streams, { encoding: 'binary' });
     this.checkpoints = root.openDB<Buffer, string>(TABLES.checkpoints, { encoding: 'binary' });
-    this.log = root.openDB<Buffer, LogKey>(TABLES.log, { encoding: 'binary' });
+    // Fewer bytes per commit (records.ts): sealed records are noise, compressing them is wasted work.
+    this.log = root.openDB<Buffer, LogKey>(TABLES.log, { encoding: 'binary', compression: !codec.sealed });
   }
 
   static async open(options: ResolvedStoreOptions): Promise<Engine> {
