@@ -71,24 +71,106 @@ const collectGarbage: () => void = (() => {
 
 // ---- a synthetic host: the plugin stand-in ------------------------------------------
 
-class SyntheticStream extends EventEmitter implements SluiceStream {
+/** HostStream's defaults: a window of 256 chunks, batches of half a window (sandbox/driver.ts). */
+const STANDIN_WINDOW = 256;
+const STANDIN_BATCH = STANDIN_WINDOW / 2;
+
+/**
+ * A plugin that yields ready chunks, seen through a HostStream-shaped queue: the
+ * "sandbox" produces only against credit (a window of 256), its batches of 128 arrive
+ * one macrotask after the credit that allowed them (a MessagePort message), each
+ * chunk's data is a fresh object made on arrival (what deserialisation costs), and the
+ * consumer's take wraps it in `{ seq, data }` and returns credit at half a window, as
+ * `HostStream.#take` does. `next()` resolves at once while chunks are buffered and
+ * waits for the next batch otherwise; `takeBuffered` takes what is buffered. So both
+ * servers pay what they would pay a real host with an infinitely fast plugin, minus
+ * the sandbox hop (measured in bench/core.ts).
+ */
+export class SyntheticStream extends EventEmitter implements SluiceStream {
   readonly plugin = 'synthetic';
   readonly action = 'emit';
   status: StreamStatus = 'running';
   readonly progress: Progress | undefined = undefined;
   readonly result: Promise<StreamResult>;
   #resolve!: (r: StreamResult) => void;
+  /** Seq of the next chunk the consumer takes, and the next one the "sandbox" produces. */
   #seq = 0;
+  #produced = 0;
+  /** Credit the sandbox holds, and what the consumer took since credit was last returned. */
+  #credit = STANDIN_WINDOW;
+  #consumed = 0;
+  #batches: { firstSeq: number; data: unknown[]; pos: number }[] = [];
+  #arrival: NodeJS.Immediate | undefined;
+  #waiter: ((r: IteratorResult<Chunk>) => void) | undefined;
   constructor(
     readonly id: string,
     readonly n: number,
   ) {
     super();
     this.result = new Promise((r) => (this.#resolve = r));
+    this.#schedule();
   }
+
+  /** The sandbox produces what its credit allows, delivered one macrotask later. */
+  #schedule(): void {
+    if (this.#arrival !== undefined || this.#credit === 0 || this.#produced >= this.n) return;
+    this.#arrival = setImmediate(() => {
+      this.#arrival = undefined;
+      while (this.#credit > 0 && this.#produced < this.n) {
+        const count = Math.min(STANDIN_BATCH, this.#credit, this.n - this.#produced);
+        const data: unknown[] = new Array(count);
+        for (let i = 0; i < count; i++) data[i] = { i: this.#produced + i, payload: PAYLOAD };
+        this.#batches.push({ firstSeq: this.#produced, data, pos: 0 });
+        this.#produced += count;
+        this.#credit -= count;
+      }
+      const w = this.#waiter;
+      if (w !== undefined) {
+        this.#waiter = undefined;
+        w(this.#take()!);
+      }
+    });
+  }
+
+  #take(): IteratorResult<Chunk> | undefined {
+    const batch = this.#batches[0];
+    if (batch === undefined) return undefined;
+    const chunk = { seq: batch.firstSeq + batch.pos, data: batch.data[batch.pos] as Chunk['data'] };
+    if (++batch.pos === batch.data.length) this.#batches.shift();
+    this.#seq = chunk.seq + 1;
+    this.#returnCredit(1, false);
+    return { value: chunk, done: false };
+  }
+
+  #returnCredit(n: number, now: boolean): void {
+    this.#consumed += n;
+    if (!now && this.#consumed * 2 < STANDIN_WINDOW) return;
+    this.#credit += this.#consumed;
+    this.#consumed = 0;
+    this.#schedule();
+  }
+
+  takeBuffered(max: number): Chunk[] {
+    const out: Chunk[] = [];
+    if (this.#waiter !== undefined) return out;
+    while (out.length < max) {
+      const batch = this.#batches[0];
+      if (batch === undefined) break;
+      const stop = Math.min(batch.data.length, batch.pos + max - out.length);
+      for (let i = batch.pos; i < stop; i++) out.push({ seq: batch.firstSeq + i, data: batch.data[i] as Chunk['data'] });
+      this.#returnCredit(stop - batch.pos, false);
+      batch.pos = stop;
+      if (stop === batch.data.length) this.#batches.shift();
+    }
+    if (out.length > 0) this.#seq = out[out.length - 1]!.seq + 1;
+    return out;
+  }
+
   [Symbol.asyncIterator](): AsyncIterator<Chunk> {
     return {
       next: () => {
+        const r = this.#take();
+        if (r !== undefined) return Promise.resolve(r);
         if (this.#seq >= this.n) {
           if (this.status === 'running') {
             this.status = 'done';
@@ -96,8 +178,9 @@ class SyntheticStream extends EventEmitter implements SluiceStream {
           }
           return Promise.resolve({ value: undefined, done: true });
         }
-        const seq = this.#seq++;
-        return Promise.resolve({ value: { seq, data: { i: seq, payload: PAYLOAD } }, done: false });
+        // The consumer waits: return what it took so far rather than at half a window.
+        this.#returnCredit(0, true);
+        return new Promise((resolve) => (this.#waiter = resolve));
       },
       return: async () => {
         void this.cancel();
@@ -106,6 +189,9 @@ class SyntheticStream extends EventEmitter implements SluiceStream {
     };
   }
   async cancel(): Promise<StreamResult> {
+    if (this.#arrival !== undefined) clearImmediate(this.#arrival);
+    this.#arrival = undefined;
+    this.#batches = [];
     if (this.status === 'running') {
       this.status = 'cancelled';
       this.#resolve({ status: 'cancelled', chunks: this.#seq, bytes: 0, error: new SluiceError('ERR_CANCELLED') });

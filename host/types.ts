@@ -95,6 +95,14 @@ export interface SluiceStream<T = ChunkData> extends AsyncIterable<Chunk<T>> {
   readonly result: Promise<StreamResult>;
   /** Cooperative cancel, then a hard stop after the host's grace period. Idempotent. */
   cancel(reason?: string): Promise<StreamResult>;
+  /**
+   * Optional fast path for the consumer that holds this stream's iterator: the chunks
+   * already buffered, at most `max`, in order, taken exactly as that many `next()`
+   * calls would take them (credit included) but without a promise per chunk. Empty
+   * when nothing is buffered, when a `next()` is pending, or before the first `next()`:
+   * then call `next()`, which waits and reports the end or the error.
+   */
+  takeBuffered?(max: number): Chunk<T>[];
   on<E extends keyof StreamEvents>(event: E, listener: (...args: StreamEvents[E]) => void): this;
   off<E extends keyof StreamEvents>(event: E, listener: (...args: StreamEvents[E]) => void): this;
 }

@@ -153,3 +153,28 @@ test('durable stream: server and host killed and restarted mid-stream; the SDK r
   assert.deepEqual(stream.gaps, []);
   assert.deepEqual(seqs, Array.from({ length: TOTAL }, (_, i) => i));
 });
+
+test('takeBuffered on a real stream: mixed with next(), every chunk once, in order, and the credit keeps the plugin going', async (t) => {
+  const sluice = await realHost(t);
+  // A small window: a credit miscount would stall the plugin or trip ERR_PROTOCOL.
+  const stream = sluice.stream('records', 'transform', { rows: 3000 }, { window: { chunks: 16 } });
+  const it = stream[Symbol.asyncIterator]();
+  assert.deepEqual(stream.takeBuffered?.(10), [], 'nothing before the first next()');
+  const seqs: number[] = [];
+  let max = 1;
+  for (;;) {
+    const taken = stream.takeBuffered!(max);
+    assert.ok(taken.length <= max);
+    max = (max % 40) + 1;
+    for (const c of taken) {
+      assert.equal((c.data as { id: number }).id, c.seq);
+      seqs.push(c.seq);
+    }
+    if (taken.length > 0) continue;
+    const r = await it.next();
+    if (r.done === true) break;
+    seqs.push(r.value.seq);
+  }
+  assert.deepEqual(seqs, Array.from({ length: 3000 }, (_, i) => i));
+  assert.equal((await stream.result).status, 'done');
+});

@@ -8,6 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { ChunkRing, FrameScratch } from '../host/server/ring.js';
+import { encodeChunkJson, encodeChunksJson } from '../host/server/subscription.js';
 
 /** A small seeded PRNG (mulberry32), so a failure reproduces. */
 function prng(seed: number): (n: number) => number {
@@ -75,4 +76,67 @@ test('randomised: wrap-around, growth, eviction and multi-byte text never corrup
     }
   }
   assert.ok(frames > 1000, `checked ${frames} frames`);
+});
+
+/** A random chunk value: nesting, strings full of quotes and backslashes, bytes, tag-shaped objects. */
+function randomValue(rnd: (n: number) => number, depth = 0): unknown {
+  const text = (): string => {
+    let s = '';
+    for (let i = rnd(12); i > 0; i--) s += ['"', '\\', '\\"', ',', ']', '}', '{', '[', 'é', '😀', 'a', '\n'][rnd(12)];
+    return s;
+  };
+  switch (depth > 3 ? rnd(5) : rnd(9)) {
+    case 0: return rnd(1000) - 500;
+    case 1: return text();
+    case 2: return null;
+    case 3: return rnd(2) === 0;
+    case 4: return undefined;
+    case 5: return Uint8Array.from({ length: rnd(6) }, () => rnd(256));
+    case 6: return { $bytes: text() };
+    case 7: return Array.from({ length: rnd(4) }, () => randomValue(rnd, depth + 1));
+    default: {
+      const o: Record<string, unknown> = {};
+      for (let i = rnd(4); i > 0; i--) o[text()] = randomValue(rnd, depth + 1);
+      return o;
+    }
+  }
+}
+
+test('encodeChunksJson: each piece is exactly what encodeChunkJson gives that chunk', () => {
+  const rnd = prng(0xba7c);
+  for (let trial = 0; trial < 2000; trial++) {
+    const datas = Array.from({ length: rnd(8) }, () => randomValue(rnd));
+    const { text, lengths } = encodeChunksJson(datas);
+    assert.equal(lengths.length, datas.length);
+    let at = 0;
+    for (let i = 0; i < datas.length; i++) {
+      assert.equal(text.slice(at, at + lengths[i]!), `${encodeChunkJson(datas[i])},`);
+      at += lengths[i]!;
+    }
+    assert.equal(at, text.length);
+  }
+});
+
+test('pushMany: chunks pushed in pieces frame exactly as pushed one by one, eviction included', () => {
+  const rnd = prng(0x9a11);
+  for (let trial = 0; trial < 200; trial++) {
+    const slots = 1 + rnd(40);
+    const ring = new ChunkRing({ chunks: slots, bytes: 1 + rnd(20_000) });
+    const scratch = new FrameScratch();
+    const pushed: string[] = [];
+    for (let step = 0; step < 100; step++) {
+      const datas = Array.from({ length: 1 + rnd(slots) }, () => ({ v: randomValue(rnd) }));
+      const { text, lengths } = encodeChunksJson(datas);
+      ring.pushMany(text, lengths);
+      for (const d of datas) pushed.push(encodeChunkJson(d));
+      assert.equal(ring.nextSeq, pushed.length);
+      assert.ok(ring.nextSeq - ring.baseSeq <= slots, 'never more chunks than the ring holds');
+      ring.commit();
+      if (ring.committedSeq <= ring.baseSeq) continue;
+      const first = ring.baseSeq + rnd(ring.committedSeq - ring.baseSeq);
+      const { bytes, count } = ring.frame(scratch, 1, first, 1 + rnd(20), 1 + rnd(5000));
+      const frame = JSON.parse(Buffer.from(bytes).toString('utf8')) as { data: unknown[] };
+      for (let i = 0; i < count; i++) assert.deepEqual(frame.data[i], JSON.parse(pushed[first + i]!));
+    }
+  }
 });

@@ -24,7 +24,7 @@ import type { ChunkData } from '../../protocol/chunk.js';
 import type { Chunk, Progress, SluiceStream } from '../types.js';
 import type { ServerMetrics } from './metrics.js';
 import { ChunkRing, type FrameScratch } from './ring.js';
-import { encodeChunkJson, endFrame, endFromThrown, errorFrame, type EndInfo, type Outlet, type Subscription } from './subscription.js';
+import { encodeChunkJson, encodeChunksJson, endFrame, endFromThrown, errorFrame, type EndInfo, type Outlet, type Subscription } from './subscription.js';
 
 export interface FanoutLimits {
   ring: { chunks: number; bytes: number };
@@ -36,6 +36,8 @@ export interface FanoutLimits {
 
 /** Bytes one pull round may take, in batches: bounds what is pulled before sockets report congestion. */
 const ROUND_BATCHES = 4;
+/** Most chunks one `takeBuffered` call may return (the round's byte bound is checked between calls). */
+const TAKE_CHUNKS = 64;
 
 
 export class Broadcast {
@@ -171,6 +173,13 @@ export class Broadcast {
         while (ring.nextSeq < limit && ring.pushedSize - roundStart < ROUND_BATCHES * batchBytes) {
           const it = this.#it;
           if (it === undefined || this.#ended !== undefined) return;
+          // What the host already holds comes without a promise per chunk; in slices, so
+          // the round's byte bound is checked every TAKE_CHUNKS chunks.
+          const taken = this.#stream.takeBuffered?.(Math.min(limit - ring.nextSeq, TAKE_CHUNKS, this.#limits.ring.chunks));
+          if (taken !== undefined && taken.length > 0) {
+            this.#pushMany(taken);
+            continue;
+          }
           const r = await it.next();
           if (this.#it === undefined) return;
           if (r.done === true) {
@@ -196,6 +205,17 @@ export class Broadcast {
     // The host's seqs are authoritative; a resumed stream may not start at 0.
     if (ring.nextSeq === 0 && ring.baseSeq === 0 && chunk.seq > 0) ring.startAt(chunk.seq);
     if (ring.push(encodeChunkJson(chunk.data))) this.#dropSlow();
+    this.#scheduleFlush();
+  }
+
+  /** Consecutive chunks, encoded in one pass. */
+  #pushMany(chunks: readonly Chunk<ChunkData>[]): void {
+    const ring = this.#ring;
+    if (ring.nextSeq === 0 && ring.baseSeq === 0 && chunks[0]!.seq > 0) ring.startAt(chunks[0]!.seq);
+    const datas: unknown[] = new Array(chunks.length);
+    for (let i = 0; i < chunks.length; i++) datas[i] = chunks[i]!.data;
+    const { text, lengths } = encodeChunksJson(datas);
+    if (ring.pushMany(text, lengths)) this.#dropSlow();
     this.#scheduleFlush();
   }
 

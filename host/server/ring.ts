@@ -60,8 +60,10 @@ export class ChunkRing {
   /** One past the newest committed chunk, and one past its last byte. */
   #committedSeq = 0;
   #endByte = 0;
-  /** Encoded chunks not written yet, each with its comma. */
+  /** Encoded chunks not written yet, each followed by its comma, in pieces of one or more chunks. */
   #pending: string[] = [];
+  /** Characters of each pending chunk, its comma included. */
+  #pendingLengths: number[] = [];
   #pendingChars = 0;
 
   constructor(limits: { chunks: number; bytes: number }) {
@@ -78,7 +80,7 @@ export class ChunkRing {
 
   /** One past the newest seq pushed (committed or not). */
   get nextSeq(): number {
-    return this.#committedSeq + this.#pending.length;
+    return this.#committedSeq + this.#pendingLengths.length;
   }
 
   /** Bytes pushed so far over the stream's life (uncommitted ones counted in characters): a position, for pacing. */
@@ -106,48 +108,63 @@ export class ChunkRing {
    * (subscribers still needing it are now too slow).
    */
   push(json: string): boolean {
+    return this.pushMany(`${json},`, [json.length + 1]);
+  }
+
+  /**
+   * Add the next `lengths.length` chunks (at most the ring's `chunks`): `text` is each
+   * one's JSON followed by a comma, `lengths[i]` chunk i's characters, comma included
+   * (see `encodeChunksJson`). Returns true when old chunks were evicted to make room.
+   */
+  pushMany(text: string, lengths: readonly number[]): boolean {
+    const count = lengths.length;
+    if (count > this.#slots) throw new RangeError(`${count} chunks pushed at once into a ring of ${this.#slots}`);
     let evicted = false;
-    if (this.nextSeq - this.#baseSeq >= this.#slots) {
-      // The slot of the oldest chunk is needed; it must be committed to be dropped.
-      if (this.#baseSeq >= this.#committedSeq) evicted = this.commit();
-      if (this.nextSeq - this.#baseSeq >= this.#slots) {
+    if (this.nextSeq + count - this.#baseSeq > this.#slots) {
+      // The slots of the oldest chunks are needed; they must be committed to be dropped.
+      if (this.nextSeq + count - this.#slots > this.#committedSeq) evicted = this.commit();
+      while (this.nextSeq + count - this.#baseSeq > this.#slots) {
         this.#evictOldest();
         evicted = true;
       }
     }
-    this.#pending.push(json);
-    this.#pendingChars += json.length + 1;
-    if (this.#pending.length >= COMMIT_CHUNKS || this.#pendingChars >= COMMIT_CHARS) evicted = this.commit() || evicted;
+    this.#pending.push(text);
+    for (let i = 0; i < count; i++) this.#pendingLengths.push(lengths[i]!);
+    this.#pendingChars += text.length;
+    if (this.#pendingLengths.length >= COMMIT_CHUNKS || this.#pendingChars >= COMMIT_CHARS) evicted = this.commit() || evicted;
     return evicted;
   }
 
   /** Write the pending chunks into the buffer. Returns true when old chunks were evicted. */
   commit(): boolean {
-    const count = this.#pending.length;
+    const lengths = this.#pendingLengths;
+    const count = lengths.length;
     if (count === 0) return false;
     // Each chunk followed by its comma, so a frame is one contiguous range.
-    const text = `${this.#pending.join(',')},`;
+    const text = this.#pending.length === 1 ? this.#pending[0]! : this.#pending.join('');
     const bytes = Buffer.byteLength(text, 'utf8');
     this.#reserve(this.#endByte - this.#baseByte + bytes);
     this.#write(text, bytes);
     const first = this.#committedSeq;
+    let end = this.#endByte;
     if (bytes === text.length) {
       // ASCII (the common case): byte offsets are character offsets.
-      let end = this.#endByte;
       for (let i = 0; i < count; i++) {
-        end += this.#pending[i]!.length + 1;
+        end += lengths[i]!;
         this.#ends[(first + i) % this.#slots] = end;
       }
     } else {
-      let end = this.#endByte;
+      let at = 0;
       for (let i = 0; i < count; i++) {
-        end += Buffer.byteLength(this.#pending[i]!, 'utf8') + 1;
+        end += Buffer.byteLength(text.slice(at, at + lengths[i]!), 'utf8');
+        at += lengths[i]!;
         this.#ends[(first + i) % this.#slots] = end;
       }
     }
     this.#endByte += bytes;
     this.#committedSeq += count;
     this.#pending = [];
+    this.#pendingLengths = [];
     this.#pendingChars = 0;
     let evicted = false;
     while (this.#endByte - this.#baseByte > this.#maxBytes && this.#committedSeq - this.#baseSeq > 1) {
