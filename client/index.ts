@@ -375,19 +375,20 @@ export class SluiceClient {
         this.#resubscribe();
         resolve();
       };
-      ws.onerror = (ev) => {
+      const fail = (ev: unknown): void => {
         if (settled) return;
         settled = true;
-        reject(connectError(ev));
+        const err = connectError(ev);
+        // A browser hides why an upgrade failed; ask the HTTP API, which says.
+        if (err.code === 'ERR_HOST_CLOSED') void diagnoseRefusal(this.url, token).then((why) => reject(why ?? err));
+        else reject(err);
       };
+      ws.onerror = fail;
       ws.onmessage = (ev) => this.#onMessage(ev.data);
       ws.onclose = (ev) => {
         if (this.#ws !== ws) return;
         this.#ws = undefined;
-        if (!settled) {
-          settled = true;
-          reject(connectError(ev));
-        }
+        fail(ev);
         // A socket that never opened is this attempt failing: open()'s caller decides what next.
         if (opened) this.#onClose(ev.code, ev.reason);
       };
@@ -542,6 +543,49 @@ function connectError(ev: unknown): SluiceError {
   if (/\b401\b/.test(message)) return new SluiceError('ERR_UNAUTHORIZED', `Server refused the token: ${message}`);
   if (/\b403\b/.test(message)) return new SluiceError('ERR_FORBIDDEN', `Server refused the connection: ${message}`);
   return new SluiceError('ERR_HOST_CLOSED', `Cannot connect: ${message}`, { details: { retriable: true } });
+}
+
+const DIAGNOSE_TIMEOUT_MS = 5000;
+
+/**
+ * Why did the server refuse the upgrade? Browsers report every refusal as the same
+ * opaque error (no HTTP status), so a bad token would look like a server that is down
+ * and be retried forever. The HTTP API answers the same token and Origin with a status:
+ * 401 (token) or 403 (scope or Origin). A request the browser blocks by CORS while the
+ * server answers `/healthz` before and after it means this page's Origin is not allowed.
+ * Undefined when there is no `fetch`, the server does not answer, or no clear answer
+ * (the caller keeps its retriable error).
+ */
+async function diagnoseRefusal(wsUrl: string, token: string | undefined): Promise<SluiceError | undefined> {
+  const f = (globalThis as { fetch?: (url: string, init?: Record<string, unknown>) => Promise<{ status: number }> }).fetch;
+  if (f === undefined) return undefined;
+  let base: URL;
+  try {
+    base = new URL(wsUrl);
+    base.protocol = base.protocol === 'wss:' ? 'https:' : 'http:';
+  } catch {
+    return undefined;
+  }
+  const signal = typeof AbortSignal !== 'undefined' && typeof AbortSignal.timeout === 'function' ? AbortSignal.timeout(DIAGNOSE_TIMEOUT_MS) : undefined;
+  const url = (path: string): string => new URL(path, base).toString();
+  // An opaque answer: resolves whenever the server answers at all, whatever CORS says.
+  const reachable = (): Promise<boolean> =>
+    f(url('/healthz'), { mode: 'no-cors', signal }).then(
+      () => true,
+      () => false,
+    );
+  if (!(await reachable())) return undefined;
+  try {
+    const res = await f(url('/api/plugins'), { headers: token === undefined ? {} : { authorization: `Bearer ${token}` }, signal });
+    if (res.status === 401) return new SluiceError('ERR_UNAUTHORIZED', 'Server refused the token (HTTP 401)');
+    if (res.status === 403) return new SluiceError('ERR_FORBIDDEN', 'Server refused the connection (HTTP 403)');
+    return undefined;
+  } catch {
+    // Answering before and after but not to this request: the browser blocked it (CORS),
+    // so this page's Origin is not allowed. A server restarting meanwhile is not.
+    if (!(await reachable())) return undefined;
+    return new SluiceError('ERR_FORBIDDEN', "Server refused this page's Origin (not in the server's allowedOrigins)");
+  }
 }
 
 function closeError(code: number, reason: string): SluiceError {

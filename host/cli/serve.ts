@@ -66,6 +66,7 @@ async function serve(opts: ServeOptions): Promise<number> {
       host: opts.host ?? config.host ?? SERVER_DEFAULTS.host,
       port: opts.port ?? config.port ?? SERVER_DEFAULTS.port,
       dataDir,
+      onWaitingForPort: ({ host, port }) => process.stderr.write(`sluice: ${host}:${port} is still held by the last run's closed connections (TCP TIME_WAIT); waiting up to a minute\n`),
     });
     process.stderr.write(`sluice: serving ${server.url} (WebSocket ${server.wsUrl}, dashboard ${server.url}/)\n`);
     const running = host;

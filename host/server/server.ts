@@ -5,7 +5,8 @@
  * the server, and the caller closes the host (which checkpoints its streams).
  */
 import type { Registry } from 'prom-client';
-import type { us_listen_socket } from 'uWebSockets.js';
+import { connect as connectTcp, createServer as createNetServer } from 'node:net';
+import type { TemplatedApp, us_listen_socket } from 'uWebSockets.js';
 import { SluiceError } from '../../protocol/errors.js';
 import { Authenticator, resolveSecret } from './auth.js';
 import { parseServerConfig, resolveServerConfig, type ResolvedServerConfig, type ServerConfig } from './config.js';
@@ -24,6 +25,8 @@ export interface ServerOptions extends ServerConfig {
   uwsLoader?: () => unknown;
   /** Environment to read `SLUICE_SECRET` from; default `process.env`. */
   env?: NodeJS.ProcessEnv;
+  /** Called once when the port is free but still in TCP TIME_WAIT and listening will be retried. */
+  onWaitingForPort?: (where: { host: string; port: number }) => void;
 }
 
 export interface SluiceServer extends AsyncDisposable {
@@ -45,6 +48,63 @@ export interface SluiceServer extends AsyncDisposable {
   close(): Promise<void>;
 }
 
+/** TCP keeps a closed connection's port in TIME_WAIT for 60 s on Linux; a little more. */
+const TIME_WAIT_MS = 65_000;
+const LISTEN_RETRY_MS = 500;
+
+function listenOnce(app: TemplatedApp, host: string, port: number): Promise<us_listen_socket | false> {
+  return new Promise((resolve) => app.listen(host, port, resolve));
+}
+
+/** Whether something accepts connections on host:port right now. */
+function someoneListens(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = connectTcp({ host, port });
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+/** Why uWS could not bind: Node's own bind names the error, and a connect tells TIME_WAIT from a listener. */
+async function bindProblem(host: string, port: number): Promise<string> {
+  if (port === 0) return 'no free port';
+  const code = await new Promise<string | undefined>((resolve) => {
+    const probe = createNetServer();
+    probe.once('error', (err: NodeJS.ErrnoException) => resolve(err.code ?? 'error'));
+    probe.listen(port, host, () => probe.close(() => resolve(undefined)));
+  });
+  if (code === 'EADDRINUSE') return (await someoneListens(host, port)) ? 'address in use' : 'time-wait';
+  return code === undefined ? 'address not available' : `address not available: ${code}`;
+}
+
+/**
+ * Listen, waiting out TIME_WAIT. This uWS build does not set SO_REUSEADDR, and a server
+ * closes its sockets first (RFC 6455), so for a minute after a shutdown with clients
+ * connected the port cannot be bound again although nobody listens on it: a restart
+ * (`sluice serve` under a supervisor) would fail. A port somebody really listens on
+ * fails at once.
+ */
+async function listen(app: TemplatedApp, host: string, port: number, onWaiting: ServerOptions['onWaitingForPort']): Promise<us_listen_socket> {
+  const deadline = performance.now() + TIME_WAIT_MS;
+  let told = false;
+  for (;;) {
+    const socket = await listenOnce(app, host, port);
+    if (socket !== false) return socket;
+    const why = await bindProblem(host, port);
+    if (why !== 'time-wait' || performance.now() > deadline) {
+      throw new SluiceError('ERR_CONFIG_INVALID', `Cannot listen on ${host}:${port} (${why === 'time-wait' ? 'still in TCP TIME_WAIT' : why})`);
+    }
+    if (!told) {
+      told = true;
+      onWaiting?.({ host, port });
+    }
+    await new Promise((r) => setTimeout(r, LISTEN_RETRY_MS));
+  }
+}
+
 /** The WebSocket endpoint path. */
 export const WS_PATH = '/ws';
 const MAX_SWEEP_MS = 1000;
@@ -58,7 +118,7 @@ const MAX_SWEEP_MS = 1000;
  * await host.close();
  */
 export async function startServer(host: ServerHost, options: ServerOptions = {}): Promise<SluiceServer> {
-  const { uwsLoader = requireUws, env, ...rest } = options;
+  const { uwsLoader = requireUws, env, onWaitingForPort, ...rest } = options;
   const parsed = parseServerConfig(rest);
   const config = resolveServerConfig(parsed);
   // Refuse the JavaScript fallback before anything else happens.
@@ -83,12 +143,7 @@ export async function startServer(host: ServerHost, options: ServerOptions = {})
     },
   });
 
-  const listenSocket = await new Promise<us_listen_socket>((resolve, reject) => {
-    app.listen(config.host, config.port, (socket) => {
-      if (socket === false) reject(new SluiceError('ERR_CONFIG_INVALID', `Cannot listen on ${config.host}:${config.port} (address in use or not available)`));
-      else resolve(socket);
-    });
-  });
+  const listenSocket = await listen(app, config.host, config.port, onWaitingForPort);
   const port = uws.us_socket_local_port(listenSocket as unknown as Parameters<typeof uws.us_socket_local_port>[0]);
 
   const sweepMs = config.idleTimeoutMs > 0 ? Math.min(MAX_SWEEP_MS, Math.max(10, config.idleTimeoutMs / 4)) : MAX_SWEEP_MS;
