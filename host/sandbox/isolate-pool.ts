@@ -10,16 +10,20 @@
  *
  * Two channels share each process's IPC pipe, tagged by `t`: comlink for the control
  * plane (describe, ping, stats) and plain messages keyed by stream id for the data path
- * (start, credit, cancel, kill one way; batches of stream messages the other). The
- * data path never goes through comlink: it is per batch, not per call.
+ * to the process (start, credit, cancel, kill). Stream items from the process (batches,
+ * ends, errors) come in frames on a pipe of their own (sandbox/isolate/frames.ts): a
+ * batch's bytes cross as they are instead of through IPC's serializer. The data path
+ * never goes through comlink: it is per batch, not per call.
  */
 import { fork, type ChildProcess } from 'node:child_process';
+import type { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import * as Comlink from 'comlink';
 import { assertInteger } from '../../protocol/assert.js';
 import { SluiceError, fromWireError, toWireError } from '../../protocol/errors.js';
 import { parseFromSandbox, parseWireError, type StartSpec, type ToSandbox } from '../../protocol/messages.js';
-import type { HostToProcess, OutItem, ProcessApi, ProcessStats, ProcessToHost, DescribeOutcome } from '../../sandbox/isolate/process.js';
+import type { HostToProcess, ProcessApi, ProcessStats, ProcessToHost, DescribeOutcome } from '../../sandbox/isolate/process.js';
+import { DATA_FD, FrameReader, type OutItem } from '../../sandbox/isolate/frames.js';
 import type { BundledPlugin, PluginDescription, PoolStats, SandboxEvents, SandboxHandle, SandboxPool } from './types.js';
 
 export interface IsolatePoolOptions {
@@ -117,15 +121,26 @@ class ProcessSlot {
 
   constructor(
     readonly index: number,
-    onMessage: (slot: ProcessSlot, msg: ProcessToHost) => void,
+    onItems: (slot: ProcessSlot, items: unknown[]) => void,
     onClose: (slot: ProcessSlot, code: number | null, signal: NodeJS.Signals | null) => void,
   ) {
     this.child = fork(PROCESS_ENTRY, [], {
       execArgv: PROCESS_EXEC_ARGV,
       serialization: 'advanced',
-      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
+      // 0-2 std, 3 IPC, DATA_FD the data pipe.
+      stdio: ['ignore', 'ignore', 'pipe', 'ipc', 'pipe'],
       env: { ...process.env, SLUICE_ISOLATE_PROCESS: '1' },
     });
+    const data = this.child.stdio[DATA_FD] as Readable;
+    const reader = new FrameReader(
+      (items) => onItems(this, items),
+      (err) => {
+        this.stderrTail = `${this.stderrTail}\n${err.message}`.slice(-STDERR_TAIL);
+        this.kill();
+      },
+    );
+    data.on('data', (chunk: Buffer) => reader.push(chunk));
+    data.on('error', () => this.kill());
     this.child.stderr?.setEncoding('utf8');
     this.child.stderr?.on('data', (s: string) => {
       this.stderrTail = (this.stderrTail + s).slice(-STDERR_TAIL);
@@ -143,17 +158,17 @@ class ProcessSlot {
         this.everReady = true;
         for (const m of this.pending.splice(0)) this.child.send(m);
         for (const w of this.readyWaiters.splice(0)) w(true);
-        return;
       }
-      onMessage(this, msg);
     });
-    // Gone = exited AND its IPC channel closed, so every message it managed to send has
-    // been handled. ('close' is not emitted at all after a host-side disconnect().)
+    // Gone = exited AND its IPC channel and data pipe closed, so every message and frame
+    // it managed to send has been handled. ('close' is not emitted at all after a
+    // host-side disconnect().)
     this.closed = new Promise((resolve) => {
       let exit: [number | null, NodeJS.Signals | null] | undefined;
       let disconnected = false;
+      let drained = false;
       const settle = (): void => {
-        if (exit === undefined || !disconnected || this.gone) return;
+        if (exit === undefined || !disconnected || !drained || this.gone) return;
         this.gone = true;
         this.ready = false;
         for (const w of this.readyWaiters.splice(0)) w(false);
@@ -162,6 +177,10 @@ class ProcessSlot {
       };
       this.child.once('exit', (code, signal) => {
         exit = [code, signal];
+        settle();
+      });
+      data.once('close', () => {
+        drained = true;
         settle();
       });
       this.child.once('disconnect', () => {
@@ -380,7 +399,7 @@ export class IsolatePool implements SandboxPool {
   #spawn(index: number): ProcessSlot {
     const slot = new ProcessSlot(
       index,
-      (s, msg) => this.#onProcessMessage(s, msg),
+      (s, items) => this.#onItems(s, items),
       (s) => this.#onProcessClose(s),
     );
     this.#slots[index] = slot;
@@ -471,10 +490,9 @@ export class IsolatePool implements SandboxPool {
     }
   }
 
-  #onProcessMessage(slot: ProcessSlot, msg: ProcessToHost): void {
-    if (msg.t !== 'out' || !Array.isArray(msg.items)) return;
+  #onItems(slot: ProcessSlot, items: unknown[]): void {
     let thrown: { err: unknown } | undefined;
-    for (const item of msg.items as OutItem[]) {
+    for (const item of items as OutItem[]) {
       const rec = slot.streams.get(item?.s);
       if (rec === undefined || rec.state === 'done') continue;
       try {

@@ -19,6 +19,7 @@
  * (describe, ping, stats) and plain messages keyed by stream id for the data path.
  */
 import { writeSync } from 'node:fs';
+import { Socket } from 'node:net';
 import ivm from 'isolated-vm';
 import * as Comlink from 'comlink';
 import { UNPACKED, copyChunk, type ChunkData, type ChunkRules } from '../../protocol/chunk.js';
@@ -35,6 +36,9 @@ import {
   type ToSandbox,
 } from '../../protocol/messages.js';
 import type { DescribeResult, DispatchOp } from './runtime.js';
+import { DATA_FD, encodeFrame, type OutItem } from './frames.js';
+
+export type { OutItem } from './frames.js';
 
 // ---- IPC shapes (the host imports these as types only) ----------------------------
 
@@ -50,10 +54,8 @@ export type HostToProcess =
   | { t: 'to'; s: string; m: ToSandbox }
   | { t: 'kill'; s: string; e: WireError };
 
-/** A stream's message, or its abnormal end (`x`: limit, kill, bad output, load failure). */
-export type OutItem = { s: string; m: FromSandbox } | { s: string; x: WireError };
-
-export type ProcessToHost = { t: 'c'; d: unknown } | { t: 'ready'; pid: number } | { t: 'out'; items: OutItem[] };
+/** Over IPC; stream items go over the data pipe (frames.ts). */
+export type ProcessToHost = { t: 'c'; d: unknown } | { t: 'ready'; pid: number };
 
 export interface DescribeOptions {
   memoryMb: number;
@@ -108,14 +110,14 @@ const PLUGIN_ERROR_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'ERR_PLUGIN_LOAD',
 ]);
 
-// ---- outbox: one IPC message per turn of the event loop ---------------------------
+// ---- outbox: one data frame per turn of the event loop ------------------------------
 
 class Outbox {
   private items: OutItem[] = [];
   /** Index in `items` of each stream's latest item, to coalesce checkpoints. */
   private latest = new Map<string, number>();
   private scheduled = false;
-  constructor(private readonly send: (msg: ProcessToHost) => void) {}
+  constructor(private readonly send: (items: OutItem[]) => void) {}
 
   push(item: OutItem): void {
     // Checkpoints need no credit, so a plugin can send them in a loop; only the newest
@@ -149,7 +151,7 @@ class Outbox {
     const items = this.items;
     this.items = [];
     this.latest.clear();
-    this.send({ t: 'out', items });
+    this.send(items);
   }
 }
 
@@ -464,8 +466,8 @@ class SandboxProcess {
   private watchTimer: NodeJS.Timeout | undefined;
   private watchTicks = 0;
 
-  constructor(private readonly post: (msg: ProcessToHost) => void) {
-    this.outbox = new Outbox(post);
+  constructor(sendItems: (items: OutItem[]) => void) {
+    this.outbox = new Outbox(sendItems);
   }
 
   out(item: OutItem): void {
@@ -643,7 +645,15 @@ function main(): void {
   const post = (msg: ProcessToHost): void => {
     send(msg);
   };
-  const sandbox = new SandboxProcess(post);
+  const data = new Socket({ fd: DATA_FD, readable: false, writable: true });
+  // Without its data pipe the process cannot serve; the host sees it exit.
+  data.on('error', () => process.exit(1));
+  const sandbox = new SandboxProcess((items) => {
+    // Corked, the frame's parts go out in one writev; the packed bytes are not copied.
+    data.cork();
+    for (const part of encodeFrame(items)) data.write(part);
+    data.uncork();
+  });
   const comlinkListeners = new Set<Listener>();
   const api: ProcessApi = {
     ping: () => Date.now(),
