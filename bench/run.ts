@@ -41,6 +41,7 @@ const QUESTIONS: readonly Question[] = [
   { name: 'ws', file: './ws.js', fn: 'benchWs', targets: {} },
   { name: 'durable', file: './durable.js', fn: 'benchDurable', targets: { checkpoint_vs_none: '>= 0.95', log_vs_none: '>= 0.5' } },
   { name: 'pipeline', file: './pipeline.js', fn: 'benchPipeline', targets: {} },
+  { name: 'limits', file: './limits.js', fn: 'benchLimits', targets: {} },
 ];
 
 const DEFAULT_TIMEOUT_S = 300;
