@@ -32,7 +32,7 @@
  * with it.
  *
  * In an unencrypted store the `log` table is opened with lmdb's LZ4 compression: a value
- * over 1000 bytes is compressed in lmdb's write thread (off the event loop) and stored
+ * over 1000 bytes is compressed on a libuv pool thread (off the event loop) and stored
  * behind a header whose first byte is 254 or 255, which no record version uses, so
  * uncompressed values (older stores, small records) read as they are. A commit costs
  * about one disk sync plus the bytes it writes; JSON batches often shrink several times.
