@@ -23,13 +23,28 @@
  *
  * What the ratios mean: each client has its own stream, so nothing is shared between
  * subscribers and every chunk is JSON-encoded once for its one subscriber, in the e2e
- * server and in the `ws` host alike (same `encodeChunkJson`). The raw baseline sends
- * pre-serialised frames: no per-chunk work at all (~60 ns of server CPU per chunk, all
- * of it sends), so it measures the client. BENCH_WS_DEBUG prints each server's CPU
- * per chunk: the stand-in plugin's `await next()` plus the encoding (~200 ns of the
- * e2e server's ~390 ns in a profile) are a floor both sluice servers share, which is
- * why e2e vs `ws` cannot approach 4x here: with ~250 chunks per frame the transport,
- * where uWS beats `ws`, is a small part of either server's cost.
+ * server and in the `ws` host alike. The raw baseline sends pre-serialised frames: no
+ * per-chunk work at all (~60-80 ns of server CPU per chunk, all of it sends), so it
+ * measures the client process (~210 ns of client CPU per chunk).
+ *
+ * The stand-in (SyntheticStream) models HostStream's consumer side: batches of 128
+ * produced against a 256-chunk credit window, arriving a macrotask after the credit,
+ * data objects made on arrival, `{ seq, data }` made and credit returned on take. Its
+ * `next()` costs ~125-150 ns per chunk in isolation (the earlier stand-in, which made
+ * each chunk inside `next()`, cost ~70: chunks that wait in a batch survive a scavenge,
+ * as they do in HostStream); its `takeBuffered` ~33 ns. The e2e server takes what is
+ * buffered with `takeBuffered` and encodes each take in one `JSON.stringify`
+ * (`encodeChunksJson`); the `ws` host is the plain consumer a `ws` server would be
+ * written as: `await next()` and `encodeChunkJson` per chunk.
+ *
+ * What is left in the e2e server's CPU per chunk (BENCH_WS_DEBUG; ~500 ns on a loaded
+ * 2-core machine, ~400 in-process without sockets): `JSON.stringify` of the chunk
+ * (~150-175 in a block; V8 11 has no fast path for it), splitting the block at its
+ * commas (~50), the stand-in (~35), `encodeChunkData`'s check for bytes and tags
+ * (~20), GC (~13%), ring and frame copies. The JSON encoding alone is about as much
+ * server CPU per chunk as the client spends, so with ~250 chunks per frame e2e stays
+ * well under the raw baseline (which encodes nothing) and under 4x the `ws` host: see
+ * the per-round ratios BENCH_WS_DEBUG prints.
  */
 import { spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';

@@ -238,7 +238,7 @@ export class Broadcast {
     setImmediate(() => {
       this.#flushScheduled = false;
       this.#commit();
-      for (const s of this.#subs) this.deliver(s);
+      for (const s of this.#subs) s.outlet.cork(() => this.deliver(s));
       this.kick();
     });
   }

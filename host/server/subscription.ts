@@ -18,6 +18,11 @@ export interface Outlet {
   sendChunks(frame: string | Uint8Array, count: number): void;
   /** Send a control frame (not subject to credit; small and rare). */
   sendFrame(frame: ServerFrame): void;
+  /**
+   * Run `fn`, whose sends leave in one write: outside uWS's own callbacks (a flush on a
+   * timer) every send is otherwise a syscall of its own.
+   */
+  cork(fn: () => void): void;
   /** The subscription finished (end sent, or dropped); forget it. */
   released(subscription: Subscription): void;
   /** Largest outstanding credit per subscription. */
@@ -90,7 +95,8 @@ export function encodeChunksJson(datas: readonly unknown[]): { text: string; len
 function closingQuote(json: string, open: number): number {
   let q = json.indexOf('"', open + 1);
   for (;;) {
-    let k = q - 1;
+    if (json.charCodeAt(q - 1) !== BACKSLASH) return q;
+    let k = q - 2;
     while (json.charCodeAt(k) === BACKSLASH) k--;
     if ((q - 1 - k) % 2 === 0) return q;
     q = json.indexOf('"', q + 1);

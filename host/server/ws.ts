@@ -113,6 +113,11 @@ export class Connection implements Outlet {
     this.#send(JSON.stringify(frame));
   }
 
+  cork(fn: () => void): void {
+    if (this.#closed) fn();
+    else this.#ws.cork(fn);
+  }
+
   released(subscription: Subscription): void {
     if (this.#slots.get(subscription.sub) !== subscription) return;
     this.#slots.delete(subscription.sub);
