@@ -202,7 +202,7 @@ class IsolateStream {
       const script = await this.owner.compile(isolate, plugin);
       if (this.ended) return;
       const wrapper = (await script.run(context, { reference: true })) as ivm.Reference<(...args: unknown[]) => unknown>;
-      const emit = new ivm.Callback((msg: unknown) => this.onEmit(msg), { ignored: true });
+      const emit = new ivm.Callback((msg: unknown, packedBytes: unknown) => this.onEmit(msg, packedBytes), { ignored: true });
       const wake = new ivm.Callback((delayMs: unknown) => this.onWake(delayMs), { ignored: true });
       // Runs the plugin's top level; a plugin that spins here meets the watchdog.
       const dispatch = (await wrapper.apply(undefined, [emit, wake], { result: { reference: true } })) as Dispatch;
@@ -329,11 +329,17 @@ class IsolateStream {
     this.wakeDue = Infinity;
   }
 
-  /** A message from the plugin's realm: untrusted. */
-  private onEmit(raw: unknown): void {
+  /** A message from the plugin's realm: untrusted. A batch's packed bytes come apart from it (see runtime.ts). */
+  private onEmit(raw: unknown, packedBytes: unknown): void {
     if (this.ended) return;
     let msg: FromSandbox;
     try {
+      if (packedBytes !== undefined) {
+        // ivm made both copies for this call; whatever their shape, parseFromSandbox judges the result.
+        const packed = (raw as { packed?: unknown } | null)?.packed;
+        if (packed === null || typeof packed !== 'object') throw new SluiceError('ERR_PROTOCOL', 'Packed bytes came with a message that has no `packed`');
+        (packed as { buffer?: unknown }).buffer = packedBytes;
+      }
       // Packed bytes stay packed on their way to the host: one buffer per batch over IPC.
       msg = this.check(parseFromSandbox(raw, { keepPacked: true }));
     } catch (err) {

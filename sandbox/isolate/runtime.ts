@@ -31,8 +31,12 @@ import type { PluginLogger } from '../sdk.js';
 
 /** What the supervising process hands the script: two fire-and-forget functions. */
 export interface Bridge {
-  /** One data-path message for the process (copied across the boundary). */
-  emit(msg: FromSandbox): void;
+  /**
+   * One data-path message for the process (copied across the boundary). A batch's packed
+   * bytes go as the second argument, out of the message: ivm copies a bare ArrayBuffer
+   * for a fraction of what one nested in an object costs (about 15 vs 40-60 us per 128 KiB).
+   */
+  emit(msg: FromSandbox, packedBytes?: ArrayBuffer): void;
   /** Call `dispatch('tick')` in about `delayMs`; a later request for an earlier time replaces it. */
   wake(delayMs: number): void;
 }
@@ -57,7 +61,10 @@ const bridge: Bridge | undefined = typeof __sluiceBridge === 'undefined' ? undef
 if (typeof __sluiceBridge !== 'undefined') __sluiceBridge = undefined;
 
 function emit(msg: FromSandbox): void {
-  bridge?.emit(msg);
+  if (msg.type === 'batch' && msg.packed !== undefined) {
+    const { buffer, sizes } = msg.packed;
+    bridge?.emit({ ...msg, packed: { sizes } } as FromSandbox, buffer);
+  } else bridge?.emit(msg);
 }
 
 // ---- timers ----------------------------------------------------------------------
