@@ -34,8 +34,9 @@
  * each chunk inside `next()`, cost ~70: chunks that wait in a batch survive a scavenge,
  * as they do in HostStream); its `takeBuffered` ~33 ns. The e2e server takes what is
  * buffered with `takeBuffered` and encodes each take in one `JSON.stringify`
- * (`encodeChunksJson`); the `ws` host is the plain consumer a `ws` server would be
- * written as: `await next()` and `encodeChunkJson` per chunk.
+ * (`encodeChunksJson`); so does the `ws` host (`takeBuffered`, one encoding per take,
+ * `await next()` only when nothing is buffered), so the two differ in transport and in
+ * what the sluice server adds (fan-out ring, per-subscriber framing, auth, limits).
  *
  * What is left in the e2e server's CPU per chunk (BENCH_WS_DEBUG; ~500 ns on a loaded
  * 2-core machine, ~400 in-process without sockets): `JSON.stringify` of the chunk
@@ -61,7 +62,7 @@ import type { ServerHost, ServerStreamInfo } from '../host/server/types.js';
 import { startServer } from '../host/server/server.js';
 import { createToken } from '../host/server/auth.js';
 import { loadNativeUws } from '../host/server/native.js';
-import { chunksFrameText, encodeChunkJson } from '../host/server/subscription.js';
+import { chunksFrameText, encodeChunkJson, encodeChunksJson } from '../host/server/subscription.js';
 
 const CLIENTS = 100;
 const CHUNKS_PER_CLIENT = Number(process.env.BENCH_WS_CHUNKS ?? 20_000);
@@ -349,11 +350,13 @@ async function wsHost(host: ServerHost): Promise<{ url: string; close(): Promise
         void (async () => {
           const it = stream[Symbol.asyncIterator]();
           let batch: string[] = [];
+          let batched = 0;
           let first = 0;
           const flush = (): void => {
             if (batch.length === 0) return;
             ws.send(chunksFrameText(1, first, batch));
             batch = [];
+            batched = 0;
           };
           for (;;) {
             if (credit === 0 || ws.bufferedAmount > HIGH) {
@@ -361,12 +364,25 @@ async function wsHost(host: ServerHost): Promise<{ url: string; close(): Promise
               await waitForDemand();
               continue;
             }
+            // What is buffered, in one call and one encoding, as the e2e server takes it;
+            // `next()` only when nothing is.
+            const buffered = stream.takeBuffered?.(Math.min(credit, 256 - batch.length)) ?? [];
+            if (buffered.length > 0) {
+              if (batch.length === 0) first = buffered[0]!.seq;
+              const { text } = encodeChunksJson(buffered.map((c) => c.data));
+              batch.push(text.slice(0, -1));
+              batched += buffered.length;
+              credit -= buffered.length;
+              if (batched >= 256) flush();
+              continue;
+            }
             const r = await it.next();
             if (r.done === true) break;
             if (batch.length === 0) first = r.value.seq;
             batch.push(encodeChunkJson(r.value.data));
+            batched++;
             credit--;
-            if (batch.length >= 256) flush();
+            if (batched >= 256) flush();
           }
           flush();
           ws.send('{"type":"end","sub":1,"status":"done"}');
