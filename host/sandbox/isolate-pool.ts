@@ -623,7 +623,10 @@ export class IsolatePool implements SandboxPool {
     const slots = this.#slots.filter((s): s is ProcessSlot => s !== undefined && !s.gone);
     if (this.#streams.size === 0) {
       for (const slot of slots) slot.disconnect();
-      await Promise.race([Promise.all(slots.map((s) => s.closed)), new Promise((r) => setTimeout(r, Math.max(0, deadline - Date.now())))]);
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([Promise.all(slots.map((s) => s.closed)), new Promise((r) => (timer = setTimeout(r, Math.max(0, deadline - Date.now()))))]);
+      // A pending timer would keep the host's event loop alive until the deadline.
+      clearTimeout(timer);
     }
     await this.destroy();
   }

@@ -174,6 +174,7 @@ class IsolateStream {
   private readonly cpuLimitNs: bigint;
   private readonly memoryLimitBytes: number;
   private heapSamplePending = false;
+  private emitted = false;
   private logTokens = LOG_BURST;
   private logRefilledAt = Date.now();
   private logsDropped = 0;
@@ -193,12 +194,10 @@ class IsolateStream {
 
   async start(plugin: PluginScript): Promise<void> {
     try {
-      const isolate = new ivm.Isolate({
-        memoryLimit: hardMemoryLimitMb(this.spec.limits.memoryMb),
-        onCatastrophicError: (message) => this.owner.catastrophe(this.id, message),
-      });
+      const fresh = this.owner.freshIsolate(this.id, hardMemoryLimitMb(this.spec.limits.memoryMb));
+      const isolate = fresh.isolate;
       this.isolate = isolate;
-      const context = await isolate.createContext();
+      const context = await fresh.context;
       const script = await this.owner.compile(isolate, plugin);
       if (this.ended) return;
       const wrapper = (await script.run(context, { reference: true })) as ivm.Reference<(...args: unknown[]) => unknown>;
@@ -348,6 +347,11 @@ class IsolateStream {
     }
     if (msg.type === 'log' && !this.allowLog()) return;
     this.owner.out({ s: this.id, m: msg });
+    if (!this.emitted) {
+      this.emitted = true;
+      // Its first message is on its way: a good moment to make the next stream's isolate.
+      this.owner.prepareSpare(hardMemoryLimitMb(this.spec.limits.memoryMb));
+    }
     if (msg.type === 'end' || msg.type === 'error') {
       this.ended = true;
       this.release();
@@ -435,13 +439,7 @@ class IsolateStream {
     const isolate = this.isolate;
     this.isolate = undefined;
     this.dispatch = undefined;
-    if (isolate !== undefined && !isolate.isDisposed) {
-      try {
-        isolate.dispose();
-      } catch {
-        // Already disposed by ivm (memory limit) between the check and the call.
-      }
-    }
+    if (isolate !== undefined) disposeQuietly(isolate);
     this.owner.forget(this.id);
   }
 }
@@ -463,7 +461,24 @@ function describe(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
+function disposeQuietly(isolate: ivm.Isolate): void {
+  try {
+    if (!isolate.isDisposed) isolate.dispose();
+  } catch {
+    // Disposed by ivm between the check and the call.
+  }
+}
+
 // ---- the process ------------------------------------------------------------------
+
+/** An isolate with an empty context, made before its stream asked (SandboxProcess.freshIsolate). */
+interface FreshIsolate {
+  isolate: ivm.Isolate;
+  context: Promise<ivm.Context>;
+  memoryLimitMb: number;
+  /** The stream it serves, for onCatastrophicError. */
+  owner: { id: string };
+}
 
 class SandboxProcess {
   private readonly streams = new Map<string, IsolateStream>();
@@ -471,6 +486,9 @@ class SandboxProcess {
   private readonly outbox: Outbox;
   private watchTimer: NodeJS.Timeout | undefined;
   private watchTicks = 0;
+  private spare: FreshIsolate | undefined;
+  private spareTimer: NodeJS.Immediate | undefined;
+  private closing = false;
 
   constructor(sendItems: (items: OutItem[]) => void) {
     this.outbox = new Outbox(sendItems);
@@ -570,6 +588,42 @@ class SandboxProcess {
     return script;
   }
 
+  /**
+   * A new isolate with an empty context for stream `id`. Making one takes 1-3 ms, most of
+   * a stream's time to first chunk, so a spare is made ahead (prepareSpare) and taken
+   * here when its memory limit fits. It is bare: no plugin code has run in it, and every
+   * stream still gets an isolate of its own.
+   */
+  freshIsolate(id: string, memoryLimitMb: number): FreshIsolate {
+    let fresh = this.spare;
+    this.spare = undefined;
+    if (fresh !== undefined && (fresh.memoryLimitMb !== memoryLimitMb || fresh.isolate.isDisposed)) {
+      disposeQuietly(fresh.isolate);
+      fresh = undefined;
+    }
+    fresh ??= this.makeIsolate(memoryLimitMb);
+    fresh.owner.id = id;
+    return fresh;
+  }
+
+  /** Make a spare for the next stream, soon and off the current one's path (`new ivm.Isolate` blocks this thread). */
+  prepareSpare(memoryLimitMb: number): void {
+    if (this.spare !== undefined || this.spareTimer !== undefined || this.closing) return;
+    this.spareTimer = setImmediate(() => {
+      this.spareTimer = undefined;
+      if (this.spare === undefined && !this.closing) this.spare = this.makeIsolate(memoryLimitMb);
+    });
+  }
+
+  private makeIsolate(memoryLimitMb: number): FreshIsolate {
+    const owner = { id: '(spare isolate)' };
+    const isolate = new ivm.Isolate({ memoryLimit: memoryLimitMb, onCatastrophicError: (message) => this.catastrophe(owner.id, message) });
+    const context = isolate.createContext();
+    // A spare disposed before use rejects; the stream that awaits it sees that, nobody else.
+    context.catch(() => undefined);
+    return { isolate, context, memoryLimitMb, owner };
+  }
+
   /** Report which stream took the process down, then let it die (ivm: state is unrecoverable). */
   catastrophe(streamId: string, message: string): void {
     try {
@@ -615,6 +669,10 @@ class SandboxProcess {
   }
 
   disposeAll(): void {
+    this.closing = true;
+    if (this.spareTimer !== undefined) clearImmediate(this.spareTimer);
+    if (this.spare !== undefined) disposeQuietly(this.spare.isolate);
+    this.spare = undefined;
     for (const s of [...this.streams.values()]) s.fail(toWireError(new SluiceError('ERR_HOST_CLOSED', 'Sandbox process is shutting down'), false));
   }
 }
