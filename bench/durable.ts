@@ -5,9 +5,11 @@
  * from memory while it keeps up, as the product does), in one run.
  *
  * Read `log_vs_none` with the records in mind: each is `{ i, pad }` with ~900 characters
- * of pseudo-words, distinct per record within any LZ4 window, which the log's compression
- * (unencrypted stores) shrinks about 2x (measured: 46 MB of JSON, 22 MB on disk), as
- * real records might; a run of one letter would shrink ~50x and flatter the log.
+ * of pseudo-words, distinct per record (LZ4 would halve them, as real JSON records;
+ * a run of one letter would shrink ~50x). The log is not compressed (host/store/engine.ts
+ * says why), so a run writes ~200 MB of synced pages: on the bench machine's disk
+ * (~150-200 MB/s with sync) that alone is ~1 s, against ~0.35 s for the whole stream
+ * without durability, so this ratio has a ceiling near 0.35 here that no host code lifts.
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -31,12 +31,8 @@
  * (so the batch's first seq), the flags, the time and the count are authenticated
  * with it.
  *
- * In an unencrypted store the `log` table is opened with lmdb's LZ4 compression: a value
- * over 1000 bytes is compressed on a libuv pool thread (off the event loop) and stored
- * behind a header whose first byte is 254 or 255, which no record version uses, so
- * uncompressed values (older stores, small records) read as they are. A commit costs
- * about one disk sync plus the bytes it writes; JSON batches often shrink several times.
- * Sealed payloads do not compress, so an encrypted store's log is not compressed.
+ * The log is not compressed (engine.ts says why). A commit costs about one disk sync
+ * plus the bytes it writes.
  *
  * Version 1 of the log (a record per chunk, key `[id, seq]`) is not read: such a
  * record is ERR_STORE_VERSION naming it (sluice 0.x had no stores to migrate).
