@@ -35,7 +35,7 @@ interface Batch {
    * copied out into its own buffer as the consumer takes it, so it is born just before
    * it is used (young garbage) and never keeps its batch's buffer alive.
    */
-  packed: { bytes: Uint8Array; sizes: Int32Array; offset: number } | undefined;
+  packed: { bytes: Uint8Array<ArrayBuffer>; sizes: Int32Array; offset: number } | undefined;
 }
 
 interface Outcome {
@@ -621,6 +621,8 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     const share = last ? batch.bytes - batch.returned : Math.floor(batch.bytes / batch.chunks.length);
     batch.returned += share;
     if (last) {
+      // Every packed chunk has been copied out: the buffer can go back to be packed into again.
+      if (packed !== undefined) this.#handle?.recycle?.(packed.bytes.buffer);
       this.#batches[this.#bi] = undefined as unknown as Batch;
       this.#bi++;
       if (this.#bi === this.#batches.length) {

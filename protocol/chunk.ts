@@ -166,12 +166,16 @@ export const UNPACKED = -1;
 /** Larger byte chunks travel as their own buffer: copying them into an arena buys nothing. */
 export const PACK_MAX_CHUNK_BYTES = 64 * 1024;
 const ARENA_MIN_BYTES = 4 * 1024;
+/** Spare arenas kept for reuse; more would only hold memory. */
+const MAX_SPARE_ARENAS = 2;
 
 /**
  * Builds one batch's PackedBytes. `pack` validates a Uint8Array chunk and copies it into
  * the arena: that copy is the one read of the plugin's bytes, so bytes it changes after
  * `yield` never reach the host. The arena is handed over whole by `take` (and may be
- * transferred); the next batch starts a fresh one sized after the last.
+ * transferred); the next batch packs into a spare arena (`recycle`) or a fresh one sized
+ * after the last. Reusing arenas matters: a fresh one is zeroed and page-faulted in, a
+ * cost per packed byte as large as the copy itself many times over.
  */
 export class BytePacker {
   #arena: Uint8Array<ArrayBuffer> | undefined;
@@ -179,6 +183,25 @@ export class BytePacker {
   #sizes: number[] = [];
   #packed = 0;
   #lastUsed = ARENA_MIN_BYTES;
+  #spare: ArrayBuffer[] = [];
+
+  /**
+   * Offer a buffer to pack later batches into: one the host handed back once it had
+   * copied every chunk out. Its old contents are this stream's own earlier chunks.
+   */
+  recycle(buffer: ArrayBuffer): void {
+    // A detached buffer (byteLength 0) is of no use.
+    if (buffer.byteLength > 0 && this.#spare.length < MAX_SPARE_ARENAS) this.#spare.push(buffer);
+  }
+
+  #arenaOf(capacity: number): Uint8Array<ArrayBuffer> {
+    while (this.#spare.length > 0) {
+      const spare = this.#spare.pop()!;
+      // One too small is dropped: the batches it was sized for have grown.
+      if (spare.byteLength >= capacity) return new Uint8Array(spare);
+    }
+    return new Uint8Array(capacity);
+  }
 
   /**
    * Pack `value` as chunk `index` of the batch when it is a Uint8Array of at most
@@ -204,7 +227,7 @@ export class BytePacker {
     if (arena === undefined || end > arena.length) {
       let capacity = arena === undefined ? this.#lastUsed : arena.length * 2;
       while (capacity < end) capacity *= 2;
-      const grown = new Uint8Array(capacity);
+      const grown = this.#arenaOf(capacity);
       if (arena !== undefined) typedSet.call(grown, arena.subarray(0, this.#used));
       this.#arena = arena = grown;
     }
@@ -225,8 +248,13 @@ export class BytePacker {
     const sizes = new Int32Array(count).fill(UNPACKED);
     sizes.set(this.#sizes);
     // Trim only when most of the arena is slack: a transferred arena costs nothing to send.
+    // A trimmed arena stays here for the next batch.
     const arena = this.#arena!;
-    const buffer = this.#used * 2 < arena.length ? arena.slice(0, this.#used).buffer : arena.buffer;
+    let buffer = arena.buffer;
+    if (this.#used * 2 < arena.length) {
+      buffer = arena.slice(0, this.#used).buffer;
+      this.recycle(arena.buffer);
+    }
     this.#lastUsed = Math.max(ARENA_MIN_BYTES, this.#used);
     this.#arena = undefined;
     this.#used = 0;

@@ -39,7 +39,12 @@ export interface StartSpec {
 // ---- host -> sandbox -------------------------------------------------------------
 
 export type ToSandbox =
-  | { type: 'credit'; chunks: number; bytes: number }
+  /**
+   * More credit. `buffers` hands back the packed-bytes buffers of batches the host has
+   * fully consumed, for the sandbox to pack into again instead of allocating: only where
+   * they move without a copy (a worker's MessagePort), at most MAX_RECYCLED_BUFFERS.
+   */
+  | { type: 'credit'; chunks: number; bytes: number; buffers?: ArrayBuffer[] }
   | { type: 'cancel'; reason: string }
   /** Input items `firstSeq ..`, sent only against input credit. */
   | { type: 'input'; firstSeq: number; chunks: unknown[]; bytes: number }
@@ -66,6 +71,8 @@ export type FromSandbox =
   | { type: 'input-credit'; chunks: number; bytes: number };
 
 export const MAX_LOG_MESSAGE = 8192;
+/** Spent batch buffers one credit message may carry back to the sandbox. */
+export const MAX_RECYCLED_BUFFERS = 4;
 
 export function parseToSandbox(data: unknown): ToSandbox {
   assertObject(data, 'message', 'ERR_PROTOCOL');
@@ -73,7 +80,11 @@ export function parseToSandbox(data: unknown): ToSandbox {
     case 'credit':
       assertInteger(data.chunks, 'credit.chunks', 'ERR_PROTOCOL');
       assertInteger(data.bytes, 'credit.bytes', 'ERR_PROTOCOL');
-      return { type: 'credit', chunks: data.chunks, bytes: data.bytes };
+      if (data.buffers === undefined) return { type: 'credit', chunks: data.chunks, bytes: data.bytes };
+      if (!Array.isArray(data.buffers) || data.buffers.length > MAX_RECYCLED_BUFFERS || !data.buffers.every((b) => b instanceof ArrayBuffer)) {
+        fail('ERR_PROTOCOL', 'credit.buffers', `an array of at most ${MAX_RECYCLED_BUFFERS} ArrayBuffers`, data.buffers);
+      }
+      return { type: 'credit', chunks: data.chunks, bytes: data.bytes, buffers: data.buffers as ArrayBuffer[] };
     case 'cancel':
       return { type: 'cancel', reason: typeof data.reason === 'string' ? data.reason : 'cancelled' };
     case 'input':

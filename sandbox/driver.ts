@@ -77,6 +77,7 @@ export class StreamDriver {
   onMessage(msg: ToSandbox): void {
     switch (msg.type) {
       case 'credit':
+        if (msg.buffers !== undefined) for (const buffer of msg.buffers) this.packer.recycle(buffer);
         this.credit.grant(msg.chunks, msg.bytes);
         if (this.credit.available) this.wake();
         return;

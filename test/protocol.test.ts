@@ -7,9 +7,14 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import {
+  BytePacker,
   CreditBalance,
   CreditLedger,
+  UNPACKED,
+  checkPacking,
+  unpackChunks,
   ERROR_CODES,
+  MAX_RECYCLED_BUFFERS,
   SluiceError,
   copyChunk,
   errors,
@@ -84,10 +89,11 @@ describe('host <-> sandbox parsers', () => {
   }
 
   test('parseToSandbox accepts the host messages and rejects anything else', () => {
-    for (const msg of [{ type: 'credit', chunks: 1, bytes: 1 }, { type: 'cancel', reason: 'x' }, { type: 'input', firstSeq: 0, chunks: [1], bytes: 8 }, { type: 'input-end' }, { type: 'input-error', error: { code: 'ERR_PLUGIN_THREW', message: 'x' } }]) {
+    for (const msg of [{ type: 'credit', chunks: 1, bytes: 1 }, { type: 'credit', chunks: 0, bytes: 0, buffers: [new ArrayBuffer(8)] }, { type: 'cancel', reason: 'x' }, { type: 'input', firstSeq: 0, chunks: [1], bytes: 8 }, { type: 'input-end' }, { type: 'input-error', error: { code: 'ERR_PLUGIN_THREW', message: 'x' } }]) {
       assert.equal(parseToSandbox(msg).type, msg.type);
     }
-    for (const bad of [{ type: 'credit', chunks: -1, bytes: 1 }, { type: 'credit', chunks: 1 }, { type: 'start' }, { type: 'input', firstSeq: 0, chunks: 'x', bytes: 1 }, 7]) {
+    const tooMany = Array.from({ length: MAX_RECYCLED_BUFFERS + 1 }, () => new ArrayBuffer(8));
+    for (const bad of [{ type: 'credit', chunks: -1, bytes: 1 }, { type: 'credit', chunks: 1 }, { type: 'credit', chunks: 1, bytes: 1, buffers: [new Uint8Array(8)] }, { type: 'credit', chunks: 1, bytes: 1, buffers: tooMany }, { type: 'credit', chunks: 1, bytes: 1, buffers: new ArrayBuffer(8) }, { type: 'start' }, { type: 'input', firstSeq: 0, chunks: 'x', bytes: 1 }, 7]) {
       assert.throws(() => parseToSandbox(bad), { code: 'ERR_PROTOCOL' });
     }
   });
@@ -149,6 +155,39 @@ describe('chunk validation', () => {
 
   test('a getter that throws is ERR_CHUNK_INVALID, not a crash', () => {
     assert.throws(() => copyChunk({ get x() { throw new Error('no'); } }), { code: 'ERR_CHUNK_INVALID' });
+  });
+});
+
+describe('packed byte chunks', () => {
+  const rules = { maxDepth: 64, maxChunkBytes: 0 };
+  test('a recycled buffer is packed into again, and each batch unpacks to the bytes as packed', () => {
+    const packer = new BytePacker();
+    for (let i = 0; i < 3; i++) packer.pack(new Uint8Array(1000).fill(i), i, rules);
+    const first = packer.take(3)!;
+    assert.deepEqual(unpackChunks([undefined, undefined, undefined], checkPacking([undefined, undefined, undefined], first)).map((c) => (c as Uint8Array)[999]), [0, 1, 2]);
+    packer.recycle(first.buffer);
+    packer.pack(new Uint8Array(1000).fill(7), 0, rules);
+    packer.pack('not bytes', 1, rules);
+    packer.pack(new Uint8Array(2000).fill(8), 2, rules);
+    const second = packer.take(3)!;
+    assert.equal(second.buffer, first.buffer, 'the recycled buffer, not a fresh one');
+    assert.deepEqual([...second.sizes], [1000, UNPACKED, 2000]);
+    const [a, b, c] = unpackChunks([undefined, 'x', undefined], second) as [Uint8Array, string, Uint8Array];
+    assert.deepEqual([a.length, a.every((x) => x === 7), b, c.length, c.every((x) => x === 8)], [1000, true, 'x', 2000, true]);
+  });
+
+  test('a detached or too small buffer is not reused', () => {
+    const packer = new BytePacker();
+    const moved = new ArrayBuffer(8192);
+    structuredClone(moved, { transfer: [moved] });
+    const small = new ArrayBuffer(16);
+    packer.recycle(moved);
+    packer.recycle(small);
+    packer.pack(new Uint8Array(5000).fill(3), 0, rules);
+    const next = packer.take(1)!;
+    assert.notEqual(next.buffer, moved);
+    assert.notEqual(next.buffer, small);
+    assert.deepEqual([...(unpackChunks([undefined], next)[0] as Uint8Array)], Array(5000).fill(3));
   });
 });
 

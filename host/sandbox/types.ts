@@ -42,6 +42,12 @@ export interface SandboxHandle {
   send(msg: ToSandbox): void;
   /** Hard stop this stream only (worker terminate, isolate dispose); `exit(reason)` follows. */
   terminate(reason: SluiceError): void;
+  /**
+   * The packed-bytes buffer of a batch whose chunks the host has all copied out. A pool
+   * that can move it back without a copy hands it to the sandbox with the next credit,
+   * to pack into again; the caller must not touch it afterwards. Absent: buffers are garbage.
+   */
+  recycle?(buffer: ArrayBuffer): void;
 }
 
 export interface PoolStats {
