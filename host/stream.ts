@@ -17,7 +17,7 @@ import { CreditBalance, CreditLedger, DEFAULT_WINDOW, type Window } from '../pro
 import { UNPACKED, copyChunk, unpackChunks, type PackedBytes } from '../protocol/chunk.js';
 import { SluiceError, fromWireError, toWireError } from '../protocol/errors.js';
 import { LIMIT_ERROR, type Limits } from '../protocol/limits.js';
-import type { ActionKind, FromSandbox } from '../protocol/messages.js';
+import { MAX_RECYCLED_BUFFERS, type ActionKind, type FromSandbox, type ToSandbox } from '../protocol/messages.js';
 import { LogConsumer } from './log-consumer.js';
 import type { SandboxEvents, SandboxHandle } from './sandbox/types.js';
 import type { Chunk, Progress, ReadEvent, SluiceStream, StreamEvents, StreamResult, StreamStatus } from './types.js';
@@ -88,6 +88,8 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   #limits: Limits | undefined;
   #ledger: CreditLedger | undefined;
   #handle: SandboxHandle | undefined;
+  /** Packed buffers of consumed batches, for the next credit to a sandbox that reuses them. */
+  #spare: ArrayBuffer[] = [];
   /** Batches waiting for the consumer; `#bi` is the first not fully consumed. */
   #batches: Batch[] = [];
   #bi = 0;
@@ -622,7 +624,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     batch.returned += share;
     if (last) {
       // Every packed chunk has been copied out: the buffer can go back to be packed into again.
-      if (packed !== undefined) this.#handle?.recycle?.(packed.bytes.buffer);
+      if (packed !== undefined && this.#spare.length < MAX_RECYCLED_BUFFERS && this.#handle?.movesBuffers === true) this.#spare.push(packed.bytes.buffer);
       this.#batches[this.#bi] = undefined as unknown as Batch;
       this.#bi++;
       if (this.#bi === this.#batches.length) {
@@ -637,7 +639,14 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
 
   #grant(grant: Window): void {
     this.#idleSince = performance.now();
-    this.#handle?.send({ type: 'credit', chunks: grant.chunks, bytes: grant.bytes });
+    const msg: ToSandbox = { type: 'credit', chunks: grant.chunks, bytes: grant.bytes };
+    // Only to a sandbox about to run dry: it reads no message before (never, under a window
+    // that does not bind), so buffers sent to it earlier would pile up in its queue.
+    if (this.#spare.length > 0 && this.#ledger?.shortAtLastGrant === true) {
+      msg.buffers = this.#spare;
+      this.#spare = [];
+    }
+    this.#handle?.send(msg);
   }
 
   #next(): Promise<IteratorResult<Chunk>> {

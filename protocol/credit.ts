@@ -96,10 +96,18 @@ export class CreditLedger {
     return this.flush();
   }
 
+  /**
+   * Whether the sandbox had at most half a window of credit left when the latest grant
+   * was made. A sandbox reads host messages only when it runs out of credit (it does not
+   * pause before), so this one reads the grant within half a window of chunks.
+   */
+  shortAtLastGrant = false;
+
   /** Return everything consumed so far (used when the consumer is idle and waiting). */
   flush(): Window | undefined {
     if (this.pendingChunks === 0 && this.pendingBytes === 0) return undefined;
     const grant = { chunks: this.pendingChunks, bytes: this.pendingBytes };
+    this.shortAtLastGrant = this.outstandingChunks * 2 <= this.window.chunks || this.outstandingBytes * 2 <= this.window.bytes;
     this.outstandingChunks += grant.chunks;
     this.outstandingBytes += grant.bytes;
     this.pendingChunks = 0;

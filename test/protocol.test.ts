@@ -204,6 +204,17 @@ describe('credit arithmetic', () => {
     assert.ok(!b.available, 'chunks exhausted');
   });
 
+  test('the ledger says whether a grant goes to a sandbox with at most half a window left (it reads it soon)', () => {
+    const l = new CreditLedger({ chunks: 8, bytes: 8000 });
+    l.receive(2, 200, 100);
+    l.consume(2, 200);
+    l.flush();
+    assert.equal(l.shortAtLastGrant, false, '6 of 8 chunks of credit left');
+    l.receive(8, 800, 100);
+    l.consume(4, 400);
+    assert.equal(l.shortAtLastGrant, true, 'no credit left');
+  });
+
   test('the host ledger rejects a sandbox that overspends, and returns credit in half-window slices', () => {
     const l = new CreditLedger({ chunks: 10, bytes: 1000 });
     assert.equal(l.receive(11, 10, 1), false, 'more chunks than granted');

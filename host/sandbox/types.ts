@@ -38,16 +38,15 @@ export interface SandboxEvents {
 }
 
 export interface SandboxHandle {
-  /** Credit or cancel; dropped silently once the stream's sandbox has exited. */
+  /** Credit or cancel; dropped silently once the stream's sandbox has exited. A credit's `buffers` are moved, not copied. */
   send(msg: ToSandbox): void;
   /** Hard stop this stream only (worker terminate, isolate dispose); `exit(reason)` follows. */
   terminate(reason: SluiceError): void;
   /**
-   * The packed-bytes buffer of a batch whose chunks the host has all copied out. A pool
-   * that can move it back without a copy hands it to the sandbox with the next credit,
-   * to pack into again; the caller must not touch it afterwards. Absent: buffers are garbage.
+   * True when a credit's `buffers` reach the sandbox without a copy (a MessagePort
+   * transfer): the host then hands spent batch buffers back for the sandbox to pack into.
    */
-  recycle?(buffer: ArrayBuffer): void;
+  readonly movesBuffers?: boolean;
 }
 
 export interface PoolStats {

@@ -14,7 +14,7 @@ import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threa
 import { fileURLToPath } from 'node:url';
 import { Piscina } from 'piscina';
 import { SluiceError, fromWireError } from '../../protocol/errors.js';
-import { MAX_RECYCLED_BUFFERS, parseFromSandbox, parseWireError, type StartSpec, type ToSandbox } from '../../protocol/messages.js';
+import { parseFromSandbox, parseWireError, type StartSpec, type ToSandbox } from '../../protocol/messages.js';
 import type { DescribeResult, DescribeTask, StreamTask, WorkerHello } from '../../sandbox/worker.js';
 import type { BundledPlugin, PluginDescription, PoolStats, SandboxEvents, SandboxHandle, SandboxPool } from './types.js';
 
@@ -56,8 +56,6 @@ interface Running {
   stopReason: SluiceError | undefined;
   /** Fallback for a task that finished without its final message. */
   finalTimer: NodeJS.Timeout | undefined;
-  /** Spent batch buffers going back to the sandbox with the next credit. */
-  spare: ArrayBuffer[];
 }
 
 /** How long a finished task's final message may lag behind the task's own result. */
@@ -153,7 +151,7 @@ export class WorkerPool implements SandboxPool {
     this.#assertOpen();
     const pool = this.#pool(spec.limits.memoryMb);
     const { port1, port2 } = new MessageChannel();
-    const run: Running = { port: port1, events, cpuMs: spec.limits.cpuMs, worker: undefined, eluStart: undefined, exited: false, ended: false, stopReason: undefined, finalTimer: undefined, spare: [] };
+    const run: Running = { port: port1, events, cpuMs: spec.limits.cpuMs, worker: undefined, eluStart: undefined, exited: false, ended: false, stopReason: undefined, finalTimer: undefined };
     this.#running.add(run);
 
     port1.on('message', (data: unknown) => this.#onMessage(run, pool, data));
@@ -170,21 +168,10 @@ export class WorkerPool implements SandboxPool {
 
     return {
       send: (msg: ToSandbox) => {
-        if (run.exited) return;
-        if (msg.type === 'credit' && run.spare.length > 0) {
-          const buffers = run.spare;
-          run.spare = [];
-          port1.postMessage({ ...msg, buffers }, buffers);
-        } else port1.postMessage(msg);
+        if (!run.exited) port1.postMessage(msg, msg.type === 'credit' && msg.buffers !== undefined ? msg.buffers : undefined);
       },
       terminate: (reason: SluiceError) => this.#terminate(run, reason),
-      // A MessagePort moves a buffer without copying it: the sandbox packs its next batches
-      // into the ones it sent before instead of allocating (and zeroing) fresh ones. They
-      // ride with the next credit; a window that never binds sends none, and its sandbox,
-      // never short of credit, would not read a message of their own before the stream ends.
-      recycle: (buffer: ArrayBuffer) => {
-        if (!run.exited && run.spare.length < MAX_RECYCLED_BUFFERS) run.spare.push(buffer);
-      },
+      movesBuffers: true,
     };
   }
 
