@@ -157,7 +157,7 @@ class Outbox {
 
 // ---- one stream, one isolate ------------------------------------------------------
 
-type Dispatch = ivm.Reference<(op: DispatchOp, arg?: unknown, self?: unknown) => unknown>;
+type Dispatch = ivm.Reference<(op: DispatchOp, arg?: unknown) => unknown>;
 
 class IsolateStream {
   private isolate: ivm.Isolate | undefined;
@@ -208,8 +208,10 @@ class IsolateStream {
       wrapper.release();
       if (this.ended) return;
       this.dispatch = dispatch;
-      // The runtime keeps the Reference to its own dispatch for 0 ms ticks (see runtime.ts).
-      dispatch.apply(undefined, ['start', this.spec, dispatch], { arguments: { copy: true } }).catch((err: unknown) => this.callFailed(err));
+      // The runtime keeps a Reference to its own dispatch for 0 ms ticks (see runtime.ts);
+      // calls run in order, so it has it before the plugin starts.
+      dispatch.applyIgnored(undefined, ['bind', dispatch]);
+      dispatch.apply(undefined, ['start', this.spec], { arguments: { copy: true } }).catch((err: unknown) => this.callFailed(err));
       for (const msg of this.early) this.call('to', msg);
       this.early = [];
     } catch (err) {

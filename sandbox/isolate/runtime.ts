@@ -19,10 +19,12 @@
  * `dispatch('tick')` when the earliest one is due (the `wake` callback asks for that).
  * `DriverEnv.later` is a tick with a 0 ms delay rather than a microtask, so a batch
  * collects every chunk the plugin yields before the isolate goes idle. A 0 ms tick never
- * leaves the isolate's thread: `dispatch('start')` also receives an ivm Reference to
- * `dispatch` itself, kept in a closure like the bridge, and `applyIgnored` on it queues
- * the tick as the isolate's next task, after the current one and its microtasks. Going
- * through the process instead cost two thread hops per batch.
+ * leaves the isolate's thread: `dispatch('bind')` receives an ivm Reference to `dispatch`
+ * itself, kept only inside the `tickNext` closure, and `applyIgnored` on it queues the
+ * tick as the isolate's next task, after the current one and its microtasks. Going
+ * through the process instead cost two thread hops per batch. 'bind' is a call of its
+ * own, before 'start', so no plugin code ever runs while the Reference is an argument
+ * on the stack (this bundle is sloppy-mode code, where `dispatch.arguments` is live).
  */
 import { StreamDriver } from '../driver.js';
 import { SluiceError, describeThrown, toWireError } from '../../protocol/errors.js';
@@ -42,9 +44,9 @@ export interface Bridge {
 }
 
 /** The operations the process may ask for. */
-export type DispatchOp = 'start' | 'to' | 'tick' | 'describe';
+export type DispatchOp = 'bind' | 'start' | 'to' | 'tick' | 'describe';
 
-/** The one method used of the ivm Reference to `dispatch` that `dispatch('start')` receives. */
+/** The one method used of the ivm Reference to `dispatch` that `dispatch('bind')` receives. */
 export interface SelfReference {
   applyIgnored(receiver: undefined, args: [DispatchOp]): void;
 }
@@ -85,7 +87,7 @@ let nextTimerId = 1;
 let laterQueue: Array<() => void> = [];
 /** The time a tick was last asked for; Infinity when no tick is pending. */
 let wakeAt = Infinity;
-/** Queues `dispatch('tick')` as this isolate's next task; set by `dispatch('start')`. */
+/** Queues `dispatch('tick')` as this isolate's next task; set by `dispatch('bind')`. */
 let tickNext: (() => void) | undefined;
 
 function requestWake(due: number): void {
@@ -405,10 +407,15 @@ function start(spec: StartSpec): void {
  * come from the process, not from plugin code. The process calls 'to' and 'tick' without
  * waiting for an outcome, so a failure there is reported as the stream's error here.
  */
-export function dispatch(op: DispatchOp, arg: unknown, self?: SelfReference): unknown {
+export function dispatch(op: DispatchOp, arg: unknown): unknown {
   switch (op) {
+    case 'bind': {
+      if (tickNext !== undefined) return undefined;
+      const self = arg as SelfReference;
+      tickNext = () => self.applyIgnored(undefined, ['tick']);
+      return undefined;
+    }
     case 'start':
-      if (self !== undefined) tickNext = () => self.applyIgnored(undefined, ['tick']);
       start(arg as StartSpec);
       return undefined;
     case 'to':
