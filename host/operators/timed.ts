@@ -171,8 +171,9 @@ class ThrottleIterator<T> extends SerialIterator<T> {
         return DONE;
       }
       // Hold this one item (the only buffer) until the interval since the last one passed.
-      const wait = this.last + this.ms - performance.now();
-      if (wait > 0) {
+      // libuv starts a timer from the event loop's cached clock, which lags behind
+      // performance.now() when the loop is busy: the timer can fire early, so look again.
+      for (let wait = this.last + this.ms - performance.now(); wait > 0; wait = this.last + this.ms - performance.now()) {
         this.timer = setTimeout(this.onTimer, Math.ceil(wait));
         await this.wake.wait();
         if (this.closed) return DONE;
