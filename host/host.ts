@@ -121,6 +121,7 @@ export class Sluice implements AsyncDisposable {
         const so = options.store ?? {};
         store = await Store.open({
           path: settings.dataDir,
+          exclusive: true,
           ...(so.encryptionKey !== undefined ? { encryptionKey: so.encryptionKey } : {}),
           ...(so.maintenanceIntervalMs !== undefined ? { maintenanceIntervalMs: so.maintenanceIntervalMs } : {}),
           ...(so.finishedRetentionMs !== undefined ? { finishedRetentionMs: so.finishedRetentionMs } : {}),

@@ -64,6 +64,7 @@ export const ERROR_CODES = {
   ERR_STORE_CLOSED: { message: 'Store is closed' },
   ERR_STORE_SEQ: { message: 'Chunk seq would leave a hole in the stream log' },
   ERR_STORE_IO: { message: 'Store read or write failed' },
+  ERR_STORE_LOCKED: { message: 'The data folder is in use by another host' },
   ERR_RESUME_FAILED: { message: 'Stream cannot be resumed' },
 
   // Server and WebSocket protocol

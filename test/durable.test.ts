@@ -5,8 +5,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -191,4 +191,39 @@ test('SIGKILL at random moments, 20 times: after each restart and resume a reade
   assert.ok(kills >= 20, `killed ${kills} times mid-stream`);
   const host = await openHost(t, { dataDir: dir });
   assertContiguous(await readAll(host, 'crash'), total);
+});
+
+test('one host per data folder: a second is ERR_STORE_LOCKED naming the first, inspecting is allowed, closing frees it', async (t) => {
+  const dir = await dataDir(t);
+  const first = await Sluice.open({ dataDir: dir, isolates: false, logger: false });
+  let firstClosed = false;
+  t.after(() => (firstClosed ? undefined : first.destroy()));
+  const s = first.stream(P, 'count', { to: 5 }, { ...W, durability: 'log' });
+  assertContiguous(await readAll(first, s.id), 5);
+  await assert.rejects(Sluice.open({ dataDir: dir, isolates: false, logger: false }), (err: unknown) => {
+    const e = err as { code?: string; details?: { pid?: number; hostname?: string } };
+    return e.code === 'ERR_STORE_LOCKED' && e.details?.pid === process.pid && e.details.hostname === hostname();
+  });
+  // Inspection (what `sluice streams ls/show/read` does) takes no lock.
+  const store = await Store.open({ path: dir });
+  assert.equal(store.getStream(s.id)?.status, 'done');
+  await store.close();
+  await first.close();
+  firstClosed = true;
+  const second = await openHost(t, { dataDir: dir });
+  assertContiguous(await readAll(second, s.id), 5);
+});
+
+test('a lock left by a process that is gone is taken over; an unreadable one is ERR_STORE_LOCKED', async (t) => {
+  const dir = await dataDir(t);
+  const gone = spawn(process.execPath, ['-e', '']);
+  await new Promise((resolve) => gone.once('exit', resolve));
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await writeFile(join(dir, 'host.lock'), JSON.stringify({ pid: gone.pid, hostname: hostname(), since: new Date(0).toISOString(), token: 'stale' }));
+  const host = await Sluice.open({ dataDir: dir, isolates: false, logger: false });
+  assert.equal(JSON.parse(await readFile(join(dir, 'host.lock'), 'utf8')).pid, process.pid);
+  await host.close();
+  await assert.rejects(readFile(join(dir, 'host.lock')), { code: 'ENOENT' }, 'closing removes the lock');
+  await writeFile(join(dir, 'host.lock'), 'not json');
+  await assert.rejects(Sluice.open({ dataDir: dir, isolates: false, logger: false }), (err: unknown) => (err as { code?: string }).code === 'ERR_STORE_LOCKED' && /cannot be read/.test((err as Error).message));
 });

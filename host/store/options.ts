@@ -34,6 +34,11 @@ export interface StoreOptions {
   finishedRetentionMs?: number;
   /** Called with an error thrown by a timer-driven maintenance run. Default: `process.emitWarning`. */
   onMaintenanceError?: (err: unknown) => void;
+  /**
+   * Hold the folder's host lock (lock.ts) while open: what a host running streams needs.
+   * Default false, for inspecting a folder a host may be using.
+   */
+  exclusive?: boolean;
 }
 
 export interface ResolvedStoreOptions {
@@ -44,6 +49,7 @@ export interface ResolvedStoreOptions {
   readonly maintenanceIntervalMs: number;
   readonly finishedRetentionMs: number | undefined;
   readonly onMaintenanceError: (err: unknown) => void;
+  readonly exclusive: boolean;
 }
 
 export const STORE_DEFAULTS = Object.freeze({
@@ -109,6 +115,7 @@ export function resolveStoreOptions(options: unknown): ResolvedStoreOptions {
   if (finished !== undefined) assertInteger(finished, 'finishedRetentionMs', 'ERR_INVALID_ARGUMENT', 0);
   const onError = options.onMaintenanceError ?? STORE_DEFAULTS.onMaintenanceError;
   if (typeof onError !== 'function') fail('ERR_INVALID_ARGUMENT', 'onMaintenanceError', 'a function', onError);
+  if (options.exclusive !== undefined && typeof options.exclusive !== 'boolean') fail('ERR_INVALID_ARGUMENT', 'exclusive', 'a boolean', options.exclusive);
 
   return Object.freeze({
     path: options.path,
@@ -118,5 +125,6 @@ export function resolveStoreOptions(options: unknown): ResolvedStoreOptions {
     maintenanceIntervalMs: optionalInteger(options.maintenanceIntervalMs, 'maintenanceIntervalMs', STORE_DEFAULTS.maintenanceIntervalMs, 0, MAX_INTERVAL_MS),
     finishedRetentionMs: finished as number | undefined,
     onMaintenanceError: onError as (err: unknown) => void,
+    exclusive: options.exclusive === true,
   });
 }

@@ -23,6 +23,7 @@ import { SluiceError, isSluiceError } from '../../protocol/errors.js';
 import type { Chunk, ReadEvent, StreamStatus } from '../types.js';
 import { Engine, MAX_SEQ } from './engine.js';
 import { ChunkLog } from './log.js';
+import { DataLock } from './lock.js';
 import { resolveStoreOptions, type StoreOptions } from './options.js';
 import { readStream, validateReadOptions, type ReadOptions } from './reader.js';
 import {
@@ -95,14 +96,16 @@ export interface ListStreamsFilter {
  */
 export class Store implements AsyncDisposable {
   readonly #engine: Engine;
+  readonly #lock: DataLock | undefined;
   readonly #log: ChunkLog;
   readonly #maintenance: Maintenance;
   #timer: NodeJS.Timeout | undefined;
   #maintaining = false;
   #closing: Promise<void> | undefined;
 
-  private constructor(engine: Engine) {
+  private constructor(engine: Engine, lock: DataLock | undefined) {
     this.#engine = engine;
+    this.#lock = lock;
     this.#log = new ChunkLog(engine);
     this.#maintenance = new Maintenance(engine, this.#log);
     const interval = engine.options.maintenanceIntervalMs;
@@ -114,10 +117,18 @@ export class Store implements AsyncDisposable {
 
   /**
    * Open (or create) the store in `options.path`. Throws ERR_STORE_KEY for a wrong or
-   * missing key, ERR_STORE_CORRUPT / ERR_STORE_VERSION for unreadable metadata.
+   * missing key, ERR_STORE_CORRUPT / ERR_STORE_VERSION for unreadable metadata, and
+   * with `exclusive`, ERR_STORE_LOCKED while another host has the folder.
    */
   static async open(options: StoreOptions): Promise<Store> {
-    return new Store(await Engine.open(resolveStoreOptions(options)));
+    const resolved = resolveStoreOptions(options);
+    const lock = resolved.exclusive ? await DataLock.acquire(resolved.path) : undefined;
+    try {
+      return new Store(await Engine.open(resolved), lock);
+    } catch (err) {
+      await lock?.release();
+      throw err;
+    }
   }
 
   /** Random id made when the store was created; a re-created folder has another. */
@@ -344,7 +355,11 @@ export class Store implements AsyncDisposable {
 
   async #close(): Promise<void> {
     if (this.#timer !== undefined) clearInterval(this.#timer);
-    await this.#engine.close(() => this.#maintenance.idle());
+    try {
+      await this.#engine.close(() => this.#maintenance.idle());
+    } finally {
+      await this.#lock?.release();
+    }
   }
 
   [Symbol.asyncDispose](): Promise<void> {
