@@ -13,7 +13,10 @@
  * Reported as ratios of chunks per second: after one warm-up run each, every round runs
  * the three once, in an order that rotates, each after a forced GC; the ratio is taken
  * per round and the median over rounds reported, with the smallest and largest as the
- * error bar. Then 1,000 sockets held on one server with the server process's RSS.
+ * error bar. Then 1,000 sockets held on one server with the server process's RSS. Last,
+ * `ws_e2e_real_plugin_chunks_per_s`: the same 100 clients served by the real host with a
+ * real worker plugin making the stand-in's chunks (the issue's "plugin -> server -> 100
+ * clients" as a user runs it; no baseline, a rate to read beside `ws_e2e_chunks_per_s`).
  *
  * Export `benchWs()`; run directly with `node dist/bench/ws.js`. Knobs (env):
  * BENCH_WS_CHUNKS (chunks per client, default 20000), BENCH_WS_WINDOW (client credit
@@ -60,6 +63,8 @@ import { SluiceError } from '../protocol/errors.js';
 import type { Chunk, PluginInfo, ReadEvent, SluiceStream, StreamOptions, StreamResult, StreamStatus, Progress } from '../host/types.js';
 import type { ServerHost, ServerStreamInfo } from '../host/server/types.js';
 import { startServer } from '../host/server/server.js';
+import { asServerHost } from '../host/server/adapter.js';
+import { Sluice } from '../host/host.js';
 import { createToken } from '../host/server/auth.js';
 import { loadNativeUws } from '../host/server/native.js';
 import { chunksFrameText, encodeChunkJson, encodeChunksJson } from '../host/server/subscription.js';
@@ -71,6 +76,7 @@ const HOLD_CLIENTS = 1000;
 const SECRET = 'bench-secret-0123456789-abcdefghijklmnop';
 const PAYLOAD = 'x'.repeat(64);
 const LOAD_SCRIPT = fileURLToPath(new URL('./ws-load.js', import.meta.url));
+const REAL_PLUGINS = fileURLToPath(new URL('../../bench/fixtures/plugins', import.meta.url));
 const DEADLINE_MS = 20_000;
 const MIB = 1024 * 1024;
 const ROUNDS = Number(process.env.BENCH_WS_ROUNDS ?? 5);
@@ -524,11 +530,33 @@ export async function benchWs(): Promise<Record<string, number>> {
   await held.release();
   await server.close();
 
+  // The issue's path as a user runs it: a real worker plugin (bench/fixtures/plugins/ws-emit.ts,
+  // the stand-in's chunks) -> the real host -> the server -> the same 100 clients. The
+  // sandbox pool runs two streams at a time and queues the rest, so this is the host's
+  // data path and the server together; one warm-up, then the median of ROUNDS runs.
+  const sluice = await Sluice.open({ plugins: REAL_PLUGINS, isolates: false, logger: false });
+  const realRates: number[] = [];
+  try {
+    const realServer = await startServer(asServerHost(sluice), { host: '127.0.0.1', port: 0, secret: SECRET, maxConnections: 5000, idleTimeoutMs: 0, rateLimit: { burst: 1000, perSecond: 10_000 } });
+    try {
+      await runLoad(realServer.wsUrl, token);
+      for (let round = 0; round < ROUNDS; round++) {
+        collectGarbage();
+        realRates.push(rate(await timed('real plugin', realServer.wsUrl)));
+      }
+    } finally {
+      await realServer.close();
+    }
+  } finally {
+    await sluice.close();
+  }
+
   return {
     ws_e2e_chunks_per_s: Math.round(median(e2eRates)),
     ws_raw_uws_chunks_per_s: Math.round(median(rawRates)),
     ws_ws_host_chunks_per_s: Math.round(median(wsRates)),
     ws_e2e_chunks_per_frame: chunksPerFrame,
+    ws_e2e_real_plugin_chunks_per_s: Math.round(median(realRates)),
     ws_e2e_vs_raw_uws: Number(median(vsRaw).toFixed(3)),
     ws_e2e_vs_ws_host: Number(median(vsWs).toFixed(3)),
     ws_e2e_vs_raw_uws_min: Number(Math.min(...vsRaw).toFixed(3)),
