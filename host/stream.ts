@@ -606,24 +606,41 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
   #take(): Chunk | undefined {
     const batch = this.#batches[this.#bi];
     if (batch === undefined) return undefined;
-    const i = batch.pos++;
-    let data = batch.chunks[i] as ChunkData;
+    const i = batch.pos;
+    const chunk: Chunk = { seq: batch.firstSeq + i, data: this.#dataAt(batch, i) };
+    this.#consumed(batch, 1);
+    return chunk;
+  }
+
+  /** Chunk `i` of `batch`; packed bytes must be taken in order. */
+  #dataAt(batch: Batch, i: number): ChunkData {
     const packed = batch.packed;
     if (packed !== undefined) {
       const size = packed.sizes[i]!;
       if (size !== UNPACKED) {
         // slice() copies: the chunk owns its bytes.
-        data = packed.bytes.slice(packed.offset, packed.offset + size);
+        const data = packed.bytes.slice(packed.offset, packed.offset + size);
         packed.offset += size;
+        return data;
       }
     }
-    const chunk: Chunk = { seq: batch.firstSeq + i, data };
-    // Bytes come per batch; return them pro rata, the remainder with the batch's last chunk.
-    const last = batch.pos === batch.chunks.length;
-    const share = last ? batch.bytes - batch.returned : Math.floor(batch.bytes / batch.chunks.length);
+    return batch.chunks[i] as ChunkData;
+  }
+
+  /**
+   * `taken` chunks of the head batch were handed out: return their credit in one
+   * `consume` (bytes come per batch: pro rata, the remainder with its last chunk), and
+   * drop the batch once it is all taken.
+   */
+  #consumed(batch: Batch, taken: number): void {
+    const total = batch.chunks.length;
+    batch.pos += taken;
+    const last = batch.pos === total;
+    const share = last ? batch.bytes - batch.returned : taken * Math.floor(batch.bytes / total);
     batch.returned += share;
     if (last) {
       // Every packed chunk has been copied out: the buffer can go back to be packed into again.
+      const packed = batch.packed;
       if (packed !== undefined && this.#spare.length < MAX_RECYCLED_BUFFERS && this.#handle?.movesBuffers === true) this.#spare.push(packed.bytes.buffer);
       this.#batches[this.#bi] = undefined as unknown as Batch;
       this.#bi++;
@@ -632,9 +649,8 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
         this.#bi = 0;
       }
     }
-    const grant = this.#ledger?.consume(1, share);
+    const grant = this.#ledger?.consume(taken, share);
     if (grant !== undefined) this.#grant(grant);
-    return chunk;
   }
 
   #grant(grant: Window): void {
@@ -700,8 +716,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
 
   /**
    * See `SluiceStream.takeBuffered`. The same chunks, copies and credit as `max` calls of
-   * `#take` (kept in step with it by hand): each batch's bytes are returned pro rata,
-   * the remainder with its last chunk, in one `consume` per batch instead of per chunk.
+   * `#take`, with one `consume` per batch instead of one per chunk.
    */
   takeBuffered(max: number): Chunk[] {
     const out: Chunk[] = [];
@@ -711,36 +726,10 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     while (out.length < max) {
       const batch = this.#batches[this.#bi];
       if (batch === undefined) break;
-      const total = batch.chunks.length;
-      const stop = Math.min(total, batch.pos + max - out.length);
-      const packed = batch.packed;
-      for (let i = batch.pos; i < stop; i++) {
-        let data = batch.chunks[i] as ChunkData;
-        if (packed !== undefined) {
-          const size = packed.sizes[i]!;
-          if (size !== UNPACKED) {
-            // slice() copies: the chunk owns its bytes.
-            data = packed.bytes.slice(packed.offset, packed.offset + size);
-            packed.offset += size;
-          }
-        }
-        out.push({ seq: batch.firstSeq + i, data });
-      }
-      const taken = stop - batch.pos;
-      batch.pos = stop;
-      const last = stop === total;
-      const share = last ? batch.bytes - batch.returned : taken * Math.floor(batch.bytes / total);
-      batch.returned += share;
-      if (last) {
-        this.#batches[this.#bi] = undefined as unknown as Batch;
-        this.#bi++;
-        if (this.#bi === this.#batches.length) {
-          this.#batches = [];
-          this.#bi = 0;
-        }
-      }
-      const grant = this.#ledger?.consume(taken, share);
-      if (grant !== undefined) this.#grant(grant);
+      const from = batch.pos;
+      const stop = Math.min(batch.chunks.length, from + max - out.length);
+      for (let i = from; i < stop; i++) out.push({ seq: batch.firstSeq + i, data: this.#dataAt(batch, i) });
+      this.#consumed(batch, stop - from);
     }
     return out;
   }

@@ -310,6 +310,12 @@ test('the string doubler is contained: a coded error for it, the other stream co
   assert.deepEqual(done.chunks, Array.from({ length: 200 }, (_, i) => i));
 });
 
+test('isolation: plugin code cannot walk up into the runtime\'s frames (the bundle is strict)', async (t) => {
+  const pool = openPool(t);
+  const out = await runToEnd(pool, 'stackWalk', {});
+  assert.deepEqual(out.chunks, [{ getter: 'none' }, { timer: 'none' }]);
+});
+
 test('isolation: no Node APIs, no ivm, no Reference or Callback in any global', async (t) => {
   const pool = openPool(t);
   const out = await runToEnd(pool, 'isolation', {});

@@ -15,6 +15,7 @@ import { link, readFile, unlink, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { SluiceError } from '../../protocol/errors.js';
+import { processAlive } from '../pid.js';
 import { FILE_MODE, preparePrivateDir } from './files.js';
 
 export const LOCK_FILE = 'host.lock';
@@ -29,16 +30,6 @@ interface Holder {
 function isHolder(v: unknown): v is Holder {
   const h = v as Partial<Holder> | null;
   return typeof h === 'object' && h !== null && Number.isInteger(h.pid) && typeof h.hostname === 'string' && typeof h.since === 'string' && typeof h.token === 'string';
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists, under another user.
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 async function readHolder(file: string): Promise<Holder | undefined> {
@@ -82,7 +73,7 @@ export class DataLock {
         if (holder === undefined) {
           throw new SluiceError('ERR_STORE_LOCKED', `Data folder ${dir} has a lock file ${LOCK_FILE} that cannot be read; delete it if no sluice host uses this folder`);
         }
-        if (holder.hostname !== mine.hostname || alive(holder.pid)) {
+        if (holder.hostname !== mine.hostname || processAlive(holder.pid)) {
           throw new SluiceError('ERR_STORE_LOCKED', `Data folder ${dir} is in use by process ${holder.pid} on ${holder.hostname} (since ${holder.since}): stop that host, use another data folder, or stream through it`, {
             details: { pid: holder.pid, hostname: holder.hostname, since: holder.since },
           });

@@ -14,6 +14,7 @@ import { isObject } from '../../protocol/assert.js';
 import { SluiceError } from '../../protocol/errors.js';
 import type { TaskGraph } from './runner.js';
 import type { GraphInfo } from './state.js';
+import { processAlive } from '../pid.js';
 
 const STATE_SUFFIX = '.json';
 const CANCEL_SUFFIX = '.cancel';
@@ -27,16 +28,6 @@ export interface StoredGraph {
 export interface CancelRequest {
   task?: string;
   reason?: string;
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: it exists but belongs to someone else.
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 function parseStored(data: unknown, file: string): GraphInfo {

@@ -124,8 +124,11 @@ export async function bundleForIsolate(entryPath: string, options: BundleOptions
   if (out === undefined) throw new SluiceError('ERR_PLUGIN_LOAD', `Bundling ${entry} produced no output`);
   // The process passes the two Callbacks as arguments; they are folded into one bridge
   // object at once and the parameters cleared, so only runtime.ts ever holds them.
+  // Strict, as the ES modules it was bundled from are: in sloppy code a plugin could walk
+  // `fn.caller` / `fn.arguments` up into the runtime's frames and their arguments.
   return [
     `(function (__sluiceEmit, __sluiceWake) {`,
+    `'use strict';`,
     `var ${BRIDGE_PARAM} = { emit: __sluiceEmit, wake: __sluiceWake };`,
     `__sluiceEmit = __sluiceWake = undefined;`,
     out.text,

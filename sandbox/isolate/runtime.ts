@@ -23,8 +23,8 @@
  * itself, kept only inside the `tickNext` closure, and `applyIgnored` on it queues the
  * tick as the isolate's next task, after the current one and its microtasks. Going
  * through the process instead cost two thread hops per batch. 'bind' is a call of its
- * own, before 'start', so no plugin code ever runs while the Reference is an argument
- * on the stack (this bundle is sloppy-mode code, where `dispatch.arguments` is live).
+ * own, before 'start', so the Reference is never an argument while plugin code runs;
+ * and the bundle is strict (bundle.ts), so no `fn.arguments` exposes a frame anyway.
  */
 import { StreamDriver } from '../driver.js';
 import { SluiceError, describeThrown, toWireError } from '../../protocol/errors.js';
