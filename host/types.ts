@@ -15,6 +15,12 @@ export type StreamStatus = 'queued' | 'running' | 'done' | 'failed' | 'cancelled
 
 export interface Chunk<T = ChunkData> {
   readonly seq: number;
+  /**
+   * The chunk as the plugin yielded it, read once into a copy the plugin cannot touch.
+   * Byte chunks up to 64 KiB are views into one buffer per batch of the stream (as a
+   * pooled Node Buffer is a view into its slab): keeping one keeps that buffer, at most
+   * 320 KiB, alive. `data.slice()` what you keep for long out of a large stream.
+   */
   readonly data: T;
 }
 

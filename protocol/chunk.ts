@@ -264,6 +264,13 @@ export class BytePacker {
   }
 }
 
+/** How many bytes of its buffer a batch's packed chunks use (they start at offset 0). */
+export function packedLength(sizes: Int32Array): number {
+  let total = 0;
+  for (let i = 0; i < sizes.length; i++) if (sizes[i] !== UNPACKED) total += sizes[i]!;
+  return total;
+}
+
 /**
  * Check a batch's packing and give each packed chunk its own buffer (a copy, never a
  * view: a consumer holding one chunk must not keep its whole batch alive). Throws

@@ -103,11 +103,28 @@ export class CreditLedger {
    */
   shortAtLastGrant = false;
 
-  /** Return everything consumed so far (used when the consumer is idle and waiting). */
+  /** Whether the sandbox holds at most half a window of credit (unused, or spent on chunks still on their way). */
+  private get short(): boolean {
+    return this.outstandingChunks * 2 <= this.window.chunks || this.outstandingBytes * 2 <= this.window.bytes;
+  }
+
+  /**
+   * The consumer is idle and waiting: return what it consumed now rather than at half a
+   * window, but only to a sandbox that may be starved of credit. One that holds more
+   * than half a window is producing or has chunks on their way, and a grant now would
+   * be a sliver: the sandbox would spend it on a batch of that size (a consumer that
+   * waits after every batch then cut the stream into batches of 1, 127 and 128 chunks,
+   * a message each).
+   */
+  flushIfShort(): Window | undefined {
+    return this.short ? this.flush() : undefined;
+  }
+
+  /** Return everything consumed so far. */
   flush(): Window | undefined {
     if (this.pendingChunks === 0 && this.pendingBytes === 0) return undefined;
     const grant = { chunks: this.pendingChunks, bytes: this.pendingBytes };
-    this.shortAtLastGrant = this.outstandingChunks * 2 <= this.window.chunks || this.outstandingBytes * 2 <= this.window.bytes;
+    this.shortAtLastGrant = this.short;
     this.outstandingChunks += grant.chunks;
     this.outstandingBytes += grant.bytes;
     this.pendingChunks = 0;

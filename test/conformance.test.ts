@@ -6,6 +6,8 @@ import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { CONFORMANCE as P, collect, openHost as open, outcome, sleep } from './helpers.js';
 import type { SandboxKind } from '../sandbox/sdk.js';
+import { MAX_BATCH_BYTES } from '../sandbox/driver.js';
+import { PACK_MAX_CHUNK_BYTES } from '../protocol/chunk.js';
 
 export const SANDBOXES: SandboxKind[] = ['worker', 'isolate'];
 
@@ -41,16 +43,22 @@ for (const sandbox of SANDBOXES) {
       }
     });
 
-    test('a byte chunk is the bytes as yielded, in a buffer of its own', async (t) => {
+    test('a byte chunk is the bytes as yielded, and keeps them while the stream goes on', async (t) => {
       const host = await openHost(t);
       // The plugin overwrites its buffer after each yield: what arrives must be the value at yield time.
       const chunks = await collect(host.stream(P, 'mutate', {}, S));
       assert.deepEqual(chunks.map((c) => [...(c.data as Uint8Array)]), [0, 1, 2, 3].map((i) => Array(8).fill(i)));
-      // Packed transport must not leak: a consumer holding one chunk holds nothing else.
-      for (const c of [...chunks, ...(await collect(host.stream(P, 'bytes', { count: 5, size: 1000 }, S)))]) {
+      // Every chunk is held to the end while batch buffers go back to the sandbox to be
+      // packed into again: none may be overwritten by a later batch.
+      const held = await collect(host.stream(P, 'bytes', { count: 3000, size: 1000 }, S));
+      assert.equal(held.length, 3000);
+      for (const c of held) {
         const bytes = c.data as Uint8Array;
-        assert.equal(bytes.byteOffset, 0);
-        assert.equal(bytes.buffer.byteLength, bytes.byteLength, `chunk ${c.seq} is a view into a ${bytes.buffer.byteLength}-byte buffer`);
+        assert.equal(bytes.byteLength, 1000);
+        assert.equal(bytes[0], c.seq & 0xff, `chunk ${c.seq} was overwritten`);
+        assert.ok(bytes.subarray(1).every((b) => b === 0), `chunk ${c.seq} was overwritten`);
+        // A view holds at most its batch's packed bytes alive, never the stream's.
+        assert.ok(bytes.buffer.byteLength <= MAX_BATCH_BYTES + PACK_MAX_CHUNK_BYTES, `chunk ${c.seq} keeps ${bytes.buffer.byteLength} bytes alive`);
       }
     });
 

@@ -228,4 +228,16 @@ describe('credit arithmetic', () => {
     l.consume(1, 10);
     assert.deepEqual(l.flush(), { chunks: 1, bytes: 10 }, 'a waiting consumer gets everything back at once');
   });
+
+  test('a waiting consumer returns a sliver of credit only to a sandbox that may be starved of it', () => {
+    const l = new CreditLedger({ chunks: 256, bytes: 1 << 20 });
+    l.receive(1, 1024, 1024);
+    l.consume(1, 1024);
+    // 255 of 256 chunks of credit are the sandbox's: a grant of 1 would only make it send a batch of 1.
+    assert.equal(l.flushIfShort(), undefined);
+    l.receive(200, 200 * 1024, 1024);
+    assert.deepEqual(l.flushIfShort(), { chunks: 1, bytes: 1024 }, 'with 55 chunks of credit left it may run dry: everything goes back');
+    l.consume(100, 100 * 1024);
+    assert.deepEqual(l.flushIfShort(), { chunks: 100, bytes: 100 * 1024 }, 'still short: everything consumed goes back');
+  });
 });

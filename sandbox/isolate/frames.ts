@@ -17,7 +17,7 @@
 import { deserialize, serialize } from 'node:v8';
 import { SluiceError, type WireError } from '../../protocol/errors.js';
 import type { FromSandbox } from '../../protocol/messages.js';
-import { UNPACKED } from '../../protocol/chunk.js';
+import { packedLength } from '../../protocol/chunk.js';
 
 /** The process's end of the data pipe: stdio entry 4 of the fork (0-2 std, 3 IPC). */
 export const DATA_FD = 4;
@@ -43,8 +43,7 @@ export function encodeFrame(items: OutItem[]): Uint8Array[] {
   const meta = items.map((item): unknown => {
     if (!('m' in item) || item.m.type !== 'batch' || item.m.packed === undefined) return item;
     const { buffer, sizes } = item.m.packed;
-    let used = 0;
-    for (let i = 0; i < sizes.length; i++) if (sizes[i] !== UNPACKED) used += sizes[i]!;
+    const used = packedLength(sizes);
     bodies.push(new Uint8Array(buffer, 0, used));
     lens.push(used);
     bodyBytes += used;
