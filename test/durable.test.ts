@@ -17,6 +17,7 @@ import type { ReadEvent } from '../host/types.js';
 import { CONFORMANCE as P, collect, openHost, outcome, sleep } from './helpers.js';
 
 const W = { sandbox: 'worker' } as const;
+const SLUICE_BIN = fileURLToPath(new URL('../../bin/sluice.js', import.meta.url));
 
 async function dataDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'sluice-durable-'));
@@ -212,6 +213,49 @@ test('one host per data folder: a second is ERR_STORE_LOCKED naming the first, i
   firstClosed = true;
   const second = await openHost(t, { dataDir: dir });
   assertContiguous(await readAll(second, s.id), 5);
+});
+
+/** `sluice <args>` in a child process, as a user runs it; bounded in time. */
+function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--no-node-snapshot', SLUICE_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`sluice ${args.join(' ')} timed out: ${stderr}`));
+    }, 20_000);
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+test('`sluice streams rm` is refused while a host runs on the folder (ls is not), and works once it is gone', async (t) => {
+  const dir = await dataDir(t);
+  const host = await Sluice.open({ dataDir: dir, isolates: false, logger: false });
+  let closed = false;
+  t.after(() => (closed ? undefined : host.destroy()));
+  const s = host.stream(P, 'count', { to: 5 }, { ...W, durability: 'log' });
+  assertContiguous(await readAll(host, s.id), 5);
+  const refused = await cli(['streams', 'rm', s.id, '--data', dir, '--json']);
+  assert.equal(refused.code, 1);
+  assert.equal(JSON.parse(refused.stdout).error.code, 'ERR_STORE_LOCKED');
+  assertContiguous(await readAll(host, s.id), 5);
+  const listed = await cli(['streams', 'ls', '--data', dir, '--json']);
+  assert.equal(listed.code, 0, listed.stderr);
+  assert.match(listed.stdout, new RegExp(s.id));
+  await host.close();
+  closed = true;
+  const removed = await cli(['streams', 'rm', s.id, '--data', dir, '--json']);
+  assert.equal(removed.code, 0, removed.stderr);
+  assert.deepEqual(JSON.parse(removed.stdout), { removed: s.id });
+  const store = await Store.open({ path: dir });
+  assert.equal(store.getStream(s.id), undefined);
+  await store.close();
 });
 
 test('a lock left by a process that is gone is taken over; an unreadable one is ERR_STORE_LOCKED', async (t) => {

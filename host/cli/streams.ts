@@ -17,10 +17,15 @@ interface StoreOpts {
   json?: boolean;
 }
 
-async function withStore(opts: StoreOpts, fn: (store: Store) => Promise<number>): Promise<void> {
+/**
+ * Run `fn` on the data folder's store. Reading takes no lock, so it works beside a
+ * running host; `exclusive` (changing the store) takes the host lock, so it cannot pull
+ * a stream out from under a host that is appending to it (ERR_STORE_LOCKED instead).
+ */
+async function withStore(opts: StoreOpts, fn: (store: Store) => Promise<number>, exclusive = false): Promise<void> {
   let store: Store | undefined;
   try {
-    store = await Store.open({ path: resolve(opts.data) });
+    store = await Store.open({ path: resolve(opts.data), exclusive });
     process.exitCode = await fn(store);
   } catch (err) {
     process.exitCode = reportError(err, opts.json === true);
@@ -104,16 +109,20 @@ export function register(program: Command): void {
 
   streams
     .command('rm')
-    .description('Remove a durable stream: its record, log and checkpoint')
+    .description('Remove a durable stream: its record, log and checkpoint (not while a host runs on the folder)')
     .argument('<id>')
     .addOption(data())
     .option('--json', 'JSON output')
     .action((id: string, opts: StoreOpts) =>
-      withStore(opts, async (store) => {
-        if (!(await store.removeStream(id))) return notFound(id, opts.json === true);
-        if (opts.json === true) out({ removed: id });
-        return EXIT.ok;
-      }),
+      withStore(
+        opts,
+        async (store) => {
+          if (!(await store.removeStream(id))) return notFound(id, opts.json === true);
+          if (opts.json === true) out({ removed: id });
+          return EXIT.ok;
+        },
+        true,
+      ),
     );
 
   program

@@ -4,7 +4,8 @@
  * log promises never to show. A host holds `host.lock` (pid, machine, start time), made
  * complete in a temporary file and linked into place, so it appears whole or not at all
  * and only one host can link it. A lock whose process is gone from this machine (a
- * SIGKILLed host) is taken over. Inspecting a store takes no lock.
+ * SIGKILLed host) is taken over. Inspecting a store takes no lock; changing one from the
+ * CLI (`sluice streams rm`) does.
  *
  * Not covered: a lock on a folder shared between machines is never taken over (its
  * pid cannot be checked), and two hosts taking over the same stale lock at the same
