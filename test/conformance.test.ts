@@ -309,10 +309,13 @@ describe('containment (isolate)', () => {
     await Promise.all([host.call(P, 'echo', 1, S), host.call(P, 'echo', 2, S)]);
     const good = host.stream(P, 'count', { to: 20_000 }, S);
     const reading = collect(good);
-    // At 64 MiB the Map's table growth is one allocation past the isolate's limit: V8 aborts
-    // the whole process (measured: SIGABRT), before our heap poll or a catchable RangeError.
+    // At 64 MiB the Map's table growth is one allocation past the isolate's limit: V8
+    // usually aborts the whole process (SIGABRT), before our heap poll or a catchable
+    // RangeError; under load isolated-vm sometimes disposes the isolate first. Either way
+    // a coded end, and the other stream never notices (test/isolate-pool.test.ts kills a
+    // process with SIGABRT for the deterministic version).
     const crashed = await outcome(host.stream(P, 'crash', {}, { ...S, limits: { memoryMb: 64 } }));
-    assert.equal(crashed.error?.code, 'ERR_SANDBOX_CRASHED', crashed.error?.message);
+    assert.ok(crashed.error?.code === 'ERR_SANDBOX_CRASHED' || crashed.error?.code === 'ERR_LIMIT_MEMORY', crashed.error?.message);
     const chunks = await reading;
     assert.equal(chunks.length, 20_000);
     assert.ok(chunks.every((c, i) => c.seq === i && (c.data as { i: number }).i === i));
