@@ -258,6 +258,51 @@ test('`sluice streams rm` is refused while a host runs on the folder (ls is not)
   await store.close();
 });
 
+test('hosts that find the same stale lock at once: exactly one takes it over; a takeover guard left by a killed host is cleared', async (t) => {
+  const dir = await dataDir(t);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  const gone = spawn(process.execPath, ['-e', '']);
+  await new Promise((resolve) => gone.once('exit', resolve));
+  const stale = (token: string): string => JSON.stringify({ pid: gone.pid, hostname: hostname(), since: new Date(0).toISOString(), token });
+  const lockUrl = new URL('../host/store/lock.js', import.meta.url).href;
+  // Each contender spins until the same instant, takes the lock, holds it 1.5 s (past everyone's verdict), releases.
+  const contender = `import { DataLock } from ${JSON.stringify(lockUrl)};
+    const at = Number(process.argv[1]);
+    while (Date.now() < at) {}
+    try { const l = await DataLock.acquire(${JSON.stringify(dir)}); console.log('got'); await new Promise((r) => setTimeout(r, 1500)); await l.release(); }
+    catch (e) { console.log(e.code); }`;
+  const race = async (): Promise<string[]> => {
+    const at = Date.now() + 500;
+    return Promise.all(
+      Array.from(
+        { length: 6 },
+        () =>
+          new Promise<string>((resolve, reject) => {
+            const child = spawn(process.execPath, ['--input-type=module', '-e', contender, String(at)], { stdio: ['ignore', 'pipe', 'inherit'] });
+            let out = '';
+            child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+            const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+            child.on('exit', () => (clearTimeout(timer), resolve(out.trim())));
+            child.on('error', reject);
+          }),
+      ),
+    );
+  };
+  // Before the guard, 5 of 10 such rounds had two to four winners.
+  for (let round = 0; round < 3; round++) {
+    await writeFile(join(dir, 'host.lock'), stale(`stale-${round}`));
+    const outcomes = await race();
+    assert.equal(outcomes.filter((o) => o === 'got').length, 1, `round ${round}: ${outcomes.join(', ')}`);
+    assert.ok(outcomes.every((o) => o === 'got' || o === 'ERR_STORE_LOCKED'), outcomes.join(', '));
+  }
+  await writeFile(join(dir, 'host.lock'), stale('stale-lock'));
+  await writeFile(join(dir, 'host.lock.takeover'), stale('stale-guard'));
+  const host = await Sluice.open({ dataDir: dir, isolates: false, logger: false });
+  assert.equal(JSON.parse(await readFile(join(dir, 'host.lock'), 'utf8')).pid, process.pid);
+  await assert.rejects(readFile(join(dir, 'host.lock.takeover')), { code: 'ENOENT' });
+  await host.close();
+});
+
 test('a lock left by a process that is gone is taken over; an unreadable one is ERR_STORE_LOCKED', async (t) => {
   const dir = await dataDir(t);
   const gone = spawn(process.execPath, ['-e', '']);

@@ -7,12 +7,19 @@
  * SIGKILLed host) is taken over. Inspecting a store takes no lock; changing one from the
  * CLI (`sluice streams rm`) does.
  *
+ * Taking over is itself guarded: several hosts that find the same stale lock at once
+ * (a supervisor restarting a killed host while someone runs `sluice resume`) must not
+ * each remove it and then each link their own, after one of them has already won. Only
+ * the holder of `host.lock.takeover` (linked into place the same way, held for a few
+ * file operations) may remove a stale lock, and only after reading again that it is the
+ * same one.
+ *
  * Not covered: a lock on a folder shared between machines is never taken over (its
- * pid cannot be checked), and two hosts taking over the same stale lock at the same
- * instant can both succeed.
+ * pid cannot be checked).
  */
 import { randomUUID } from 'node:crypto';
 import { link, readFile, unlink, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { SluiceError } from '../../protocol/errors.js';
@@ -33,16 +40,58 @@ function isHolder(v: unknown): v is Holder {
   return typeof h === 'object' && h !== null && Number.isInteger(h.pid) && typeof h.hostname === 'string' && typeof h.since === 'string' && typeof h.token === 'string';
 }
 
-async function readHolder(file: string): Promise<Holder | undefined> {
+/** The holder named in `file`; GONE when there is no such file, undefined when it cannot be read. */
+const GONE = Symbol('gone');
+
+async function readHolder(file: string): Promise<Holder | typeof GONE | undefined> {
   try {
     const parsed = JSON.parse(await readFile(file, 'utf8')) as unknown;
     return isHolder(parsed) ? parsed : undefined;
-  } catch {
-    return undefined;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'ENOENT' ? GONE : undefined;
   }
 }
 
+/** A lock whose process is gone from this machine. */
+const isStale = (holder: Holder): boolean => holder.hostname === hostname() && !processAlive(holder.pid);
+
+/** Rounds of "link, else look at the holder" before giving up: each ends in a link, a verdict or a short wait. */
+const MAX_ATTEMPTS = 50;
+const TAKEOVER_WAIT_MS = 10;
+
 const io = (dir: string, err: unknown): SluiceError => new SluiceError('ERR_STORE_IO', `Cannot lock the data folder ${dir}: ${(err as Error).message}`, { cause: err });
+
+/**
+ * Remove `stale` from `file` if it is still there, under the takeover guard; returns
+ * without removing anything while another host holds the guard (the caller looks again).
+ */
+async function removeStale(dir: string, file: string, temp: string, stale: Holder): Promise<void> {
+  const guard = `${file}.takeover`;
+  try {
+    await link(temp, guard);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw io(dir, err);
+    const guardHolder = await readHolder(guard);
+    // A guard left by a host killed mid-takeover would block every later host for good.
+    // It is removed unguarded: two hosts doing so at one instant could still both win, but
+    // only after a host died inside its few file operations of takeover.
+    if (guardHolder !== GONE && guardHolder !== undefined && isStale(guardHolder)) await unlink(guard).catch(ignoreMissing(dir));
+    else await sleep(TAKEOVER_WAIT_MS);
+    return;
+  }
+  try {
+    const now = await readHolder(file);
+    if (now !== GONE && now?.token === stale.token) await unlink(file).catch(ignoreMissing(dir));
+  } finally {
+    await unlink(guard).catch(() => undefined);
+  }
+}
+
+const ignoreMissing =
+  (dir: string) =>
+  (err: NodeJS.ErrnoException): void => {
+    if (err.code !== 'ENOENT') throw io(dir, err);
+  };
 
 export class DataLock {
   private constructor(
@@ -62,8 +111,7 @@ export class DataLock {
     const temp = join(dir, `${LOCK_FILE}.${mine.token}`);
     try {
       await writeFile(temp, JSON.stringify(mine), { mode: FILE_MODE });
-      // Two attempts: the second after taking over a lock whose process is gone.
-      for (let attempt = 0; attempt < 2; attempt++) {
+      for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt++) {
         try {
           await link(temp, file);
           return new DataLock(file, mine.token);
@@ -71,19 +119,18 @@ export class DataLock {
           if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw io(dir, err);
         }
         const holder = await readHolder(file);
+        if (holder === GONE) continue;
         if (holder === undefined) {
           throw new SluiceError('ERR_STORE_LOCKED', `Data folder ${dir} has a lock file ${LOCK_FILE} that cannot be read; delete it if no sluice host uses this folder`);
         }
-        if (holder.hostname !== mine.hostname || processAlive(holder.pid)) {
+        if (!isStale(holder)) {
           throw new SluiceError('ERR_STORE_LOCKED', `Data folder ${dir} is in use by process ${holder.pid} on ${holder.hostname} (since ${holder.since}): stop that host, use another data folder, or stream through it`, {
             details: { pid: holder.pid, hostname: holder.hostname, since: holder.since },
           });
         }
-        await unlink(file).catch((err: NodeJS.ErrnoException) => {
-          if (err.code !== 'ENOENT') throw io(dir, err);
-        });
+        await removeStale(dir, file, temp, holder);
       }
-      throw new SluiceError('ERR_STORE_LOCKED', `Data folder ${dir} was locked again while a stale lock was taken over`);
+      throw new SluiceError('ERR_STORE_LOCKED', `Data folder ${dir}: could not take its lock over from a host that is gone (other hosts were taking it over at the same time)`);
     } finally {
       await unlink(temp).catch(() => undefined);
     }
@@ -92,7 +139,7 @@ export class DataLock {
   /** Give the lock back, if it is still ours. Idempotent. */
   async release(): Promise<void> {
     const holder = await readHolder(this.file);
-    if (holder?.token !== this.token) return;
+    if (holder === GONE || holder?.token !== this.token) return;
     await unlink(this.file).catch(() => undefined);
   }
 }
