@@ -12,6 +12,10 @@
  *   (bench/fixtures/raw-worker.ts) producing the same chunks and posting them in
  *   batches of RAW_BATCH over a MessagePort to a `message` handler on the main thread:
  *   no credits, no validation or copy, no `{ seq, data }`, no async iteration.
+ * - `worker_vs_raw_same_plugin` (no target, beside it): the same, against the bare task
+ *   running the plugin's own `bytes` generator with `for await` instead of a plain loop.
+ *   The plugin's code is then the same on both sides, so this is what sluice itself
+ *   costs; `worker_vs_raw` also charges it for the async generator the contract asks for.
  * - `isolate_vs_raw_pipe`: the same stream with `{ sandbox: 'isolate' }` vs the faster
  *   of two bare cross-process pipes from a forked child (bench/fixtures/raw-child.ts):
  *   `serialization: 'advanced'` IPC (what the isolate sandbox's processes use) and
@@ -31,11 +35,15 @@
  * Run through the runner (`npm run bench -- --only core`) or `await benchCore()`.
  */
 import { fork, type ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { MessageChannel } from 'node:worker_threads';
 import { Piscina } from 'piscina';
 import { Bench, type Task } from 'tinybench';
+import { bundleForWorker } from '../host/bundle.js';
 import { Sluice } from '../host/host.js';
 import { DEFAULT_WINDOW, MAX_WINDOW_BYTES, MAX_WINDOW_CHUNKS, type Window } from '../protocol/credit.js';
 import type { SandboxKind } from '../sandbox/sdk.js';
@@ -115,7 +123,7 @@ async function hostRun(host: Sluice, sandbox: SandboxKind, count: number, window
   return ms;
 }
 
-async function rawWorkerRun(pool: Piscina, count: number): Promise<number> {
+async function rawWorkerRun(pool: Piscina, count: number, modulePath?: string): Promise<number> {
   const { port1, port2 } = new MessageChannel();
   const tally = new Tally();
   const start = performance.now();
@@ -129,7 +137,7 @@ async function rawWorkerRun(pool: Piscina, count: number): Promise<number> {
       }
     });
   });
-  const task: RawStreamTask = { port: port2, count, size: CHUNK_BYTES, batch: RAW_BATCH };
+  const task: RawStreamTask = { port: port2, count, size: CHUNK_BYTES, batch: RAW_BATCH, ...(modulePath === undefined ? {} : { modulePath }) };
   await Promise.all([pool.run(task, { transferList: [port2] }), done]);
   const ms = performance.now() - start;
   port1.close();
@@ -302,20 +310,28 @@ export async function benchCore(): Promise<Record<string, number>> {
   const figures: Record<string, number> = {};
   const host = await Sluice.open({ logger: false, workers: { maxThreads: 2, minThreads: 2 }, isolates: { processes: 1 } });
   const rawPool = new Piscina({ filename: RAW_WORKER, minThreads: 1, maxThreads: 1 });
+  const rawCache = await mkdtemp(join(tmpdir(), 'sluice-bench-raw-'));
   try {
     // Warm: bundle and load the plugin on both threads, JIT both paths.
     await Promise.all([hostRun(host, 'worker', 20_000, WINDOWED), hostRun(host, 'worker', 20_000, WINDOWED)]);
+    // The raw task imports the plugin as the worker sandbox does: bundled to one ES module.
+    const { modulePath } = await bundleForWorker(PLUGIN, rawCache);
     await rawWorkerRun(rawPool, 20_000);
+    await rawWorkerRun(rawPool, 20_000, modulePath);
     log(`worker: ${CHUNKS} chunks of ${CHUNK_BYTES} B, raw batch ${RAW_BATCH}, window ${WINDOWED.chunks} chunks / ${WINDOWED.bytes} B, ${ROUNDS} rounds`);
 
     const rss = new RssGrowth();
     const worker: Contender = { name: 'worker', ms: [], run: () => hostRun(host, 'worker', CHUNKS, WINDOWED, rss) };
     const raw: Contender = { name: 'raw', ms: [], run: () => rawWorkerRun(rawPool, CHUNKS) };
-    await race([worker, raw], ROUNDS);
+    const rawPlugin: Contender = { name: 'raw same plugin', ms: [], run: () => rawWorkerRun(rawPool, CHUNKS, modulePath) };
+    await race([worker, raw, rawPlugin], ROUNDS);
     figures.worker_chunks_per_s = perS(CHUNKS, worker.ms);
     figures.raw_chunks_per_s = perS(CHUNKS, raw.ms);
+    figures.raw_same_plugin_chunks_per_s = perS(CHUNKS, rawPlugin.ms);
     figures.worker_vs_raw = round3(medianRatio(worker.ms, raw.ms));
+    figures.worker_vs_raw_same_plugin = round3(medianRatio(worker.ms, rawPlugin.ms));
     log(`worker ${figures.worker_chunks_per_s}/s, raw MessagePort ${figures.raw_chunks_per_s}/s (ratio per round: ${ratios(worker.ms, raw.ms)})`);
+    log(`raw task running the plugin's own generator ${figures.raw_same_plugin_chunks_per_s}/s (worker ratio per round: ${ratios(worker.ms, rawPlugin.ms)})`);
 
     const windowed: Contender = { name: 'window 256', ms: [], run: () => hostRun(host, 'worker', CHUNKS, WINDOWED) };
     const unboundedRss = new RssGrowth();
@@ -363,5 +379,6 @@ export async function benchCore(): Promise<Record<string, number>> {
   } finally {
     await rawPool.destroy();
     await host.close();
+    await rm(rawCache, { recursive: true, force: true });
   }
 }
