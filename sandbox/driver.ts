@@ -10,7 +10,7 @@
 import { CreditBalance } from '../protocol/credit.js';
 import { BytePacker, UNPACKED, copyChunk, type ChunkData, type ChunkRules } from '../protocol/chunk.js';
 import { SluiceError, describeThrown, toWireError, type WireError } from '../protocol/errors.js';
-import type { ActionKind, FromSandbox, LogLevel, StartSpec, ToSandbox } from '../protocol/messages.js';
+import { parseToSandbox, type ActionKind, type FromSandbox, type LogLevel, type StartSpec, type ToSandbox } from '../protocol/messages.js';
 import { MAX_LOG_MESSAGE } from '../protocol/messages.js';
 import { createAbort, type AbortPair } from './abort.js';
 import type { Action, PluginContext } from './sdk.js';
@@ -24,6 +24,11 @@ export interface DriverEnv {
   send(msg: FromSandbox, transfer?: ArrayBuffer[]): void;
   /** Run `fn` soon, after pending microtasks: a batch then holds a tick's worth of chunks. */
   later(fn: () => void): void;
+  /**
+   * Take the host's next message if one is already waiting, without a turn of the event
+   * loop (a worker's `receiveMessageOnPort`); undefined when there is none. Optional.
+   */
+  poll?(): unknown;
 }
 
 /** A batch is sent early once it holds this many chunks or bytes (or half the window, if less). */
@@ -241,6 +246,14 @@ export class StreamDriver {
 
   private waitForCredit(): Promise<void> | void {
     if (this.cancelled !== undefined) throw new Stop();
+    // Out of credit, the host's grant is often already queued: read it now rather than
+    // after a turn of the event loop (one per half window of chunks).
+    while (!this.credit.available) {
+      const msg = this.env.poll?.();
+      if (msg === undefined) break;
+      this.onMessage(parseToSandbox(msg));
+      if (this.cancelled !== undefined) throw new Stop();
+    }
     if (this.credit.available) return;
     return new Promise<void>((resolve) => {
       this.creditWaiter = resolve;

@@ -7,7 +7,7 @@
  * host measures the thread's CPU from outside (event-loop utilisation) and a hard
  * stop terminates the thread without touching any other stream.
  */
-import { threadId, type MessagePort } from 'node:worker_threads';
+import { receiveMessageOnPort, threadId, type MessagePort } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import { SluiceError, toWireError, type WireError } from '../protocol/errors.js';
 import { parseStartSpec, parseToSandbox, type ActionKind, type FromSandbox } from '../protocol/messages.js';
@@ -68,7 +68,7 @@ export default async function runTask(task: DescribeTask | StreamTask): Promise<
   try {
     const spec = parseStartSpec(task.spec);
     const plugin = await load(task.modulePath);
-    const driver = new StreamDriver(plugin.actions, spec, { send, later: setImmediate });
+    const driver = new StreamDriver(plugin.actions, spec, { send, later: setImmediate, poll: () => receiveMessageOnPort(port)?.message });
     port.on('message', (data: unknown) => {
       try {
         driver.onMessage(parseToSandbox(data));

@@ -24,7 +24,10 @@ import {
   parseToSandbox,
   toWireError,
   type ErrorCode,
+  type FromSandbox,
+  type StartSpec,
 } from '../protocol/index.js';
+import { StreamDriver } from '../sandbox/driver.js';
 
 describe('error catalogue', () => {
   test('every code is documented in protocol/ERRORS.md exactly once, and the doc names no other code', async () => {
@@ -239,5 +242,44 @@ describe('credit arithmetic', () => {
     assert.deepEqual(l.flushIfShort(), { chunks: 1, bytes: 1024 }, 'with 55 chunks of credit left it may run dry: everything goes back');
     l.consume(100, 100 * 1024);
     assert.deepEqual(l.flushIfShort(), { chunks: 100, bytes: 100 * 1024 }, 'still short: everything consumed goes back');
+  });
+});
+
+describe('stream driver', () => {
+  test('out of credit, the driver takes a grant already waiting (poll) without a turn of the event loop', async () => {
+    const sent: FromSandbox[] = [];
+    let turns = 0;
+    const queued: unknown[] = [];
+    const actions = {
+      async *count() {
+        for (let i = 0; i < 6; i++) yield i;
+      },
+    };
+    const spec: StartSpec = { streamId: 's', action: 'count', params: {}, window: { chunks: 2, bytes: 1 << 20 }, limits: { maxChunkBytes: 0, memoryMb: 64, cpuMs: 0 } };
+    const driver = new StreamDriver(actions, spec, {
+      send: (msg) => {
+        sent.push(msg);
+        // The host answers each batch with credit for it, which waits in the port's queue.
+        if (msg.type === 'batch') queued.push({ type: 'credit', chunks: msg.chunks.length, bytes: msg.bytes });
+      },
+      later: (fn) => {
+        turns++;
+        setImmediate(fn);
+      },
+      poll: () => queued.shift(),
+    });
+    // Without the poll the driver would wait for credit that never comes through onMessage.
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<'stuck'>((resolve) => (timer = setTimeout(() => resolve('stuck'), 2000)));
+    const outcome = await Promise.race([driver.run(), timeout]);
+    clearTimeout(timer);
+    assert.notEqual(outcome, 'stuck', 'the driver waited for credit it could have polled');
+    const batches = sent.filter((m): m is Extract<FromSandbox, { type: 'batch' }> => m.type === 'batch');
+    assert.deepEqual(batches.flatMap((b) => b.chunks), [0, 1, 2, 3, 4, 5]);
+    assert.deepEqual(sent.at(-1), { type: 'end', kind: 'stream' });
+    // Nothing came through onMessage: each grant was polled as the driver ran dry (all but
+    // the one for the last batch, which it never needed), and it never waited a turn.
+    assert.equal(queued.length, 1);
+    assert.equal(turns, 0);
   });
 });
