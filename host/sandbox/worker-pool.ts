@@ -33,7 +33,8 @@ export const WORKER_POOL_DEFAULTS: Readonly<WorkerPoolOptions> = Object.freeze({
   checkIntervalMs: 50,
 });
 
-const WORKER_ENTRY = fileURLToPath(new URL('../../sandbox/worker.js', import.meta.url));
+/** What Piscina starts: a CommonJS entry, see sandbox/worker-entry.cts for why. */
+export const WORKER_ENTRY = fileURLToPath(new URL('../../sandbox/worker-entry.cjs', import.meta.url));
 /** Young generation is kept small; the limit a user sets is the old generation. */
 const YOUNG_GENERATION_MB = 16;
 const DESCRIBE_TIMEOUT_MS = 10_000;
