@@ -35,8 +35,8 @@ interface Batch {
    * views, not a buffer each: a fresh ArrayBuffer costs about 1 us here, ten times a
    * view, which was a third of the host's CPU per 1 KiB chunk. A buffer the sandbox
    * wants back (`movesBuffers`) is first copied whole, once, into `own`; so a chunk a
-   * consumer keeps holds at most its batch's packed bytes (MAX_BATCH_BYTES), as a
-   * pooled Node Buffer holds its slab.
+   * consumer keeps holds at most its batch's packed bytes (MAX_BATCH_BYTES and one
+   * chunk), as a pooled Node Buffer holds its slab.
    */
   packed: { bytes: Uint8Array<ArrayBuffer>; sizes: Int32Array; offset: number; own: Uint8Array<ArrayBuffer> | undefined } | undefined;
 }
@@ -677,7 +677,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     if (chunk !== undefined) return Promise.resolve({ value: chunk, done: false });
     const end = this.#endResult();
     if (end !== undefined) return end;
-    // The consumer is waiting: return whatever credit is pending now rather than at half a window.
+    // The consumer is waiting: return pending credit now, not at half a window, if the sandbox may be short of it.
     const grant = this.#ledger?.flushIfShort();
     if (grant !== undefined) this.#grant(grant);
     return new Promise((resolve, reject) => {

@@ -10,8 +10,7 @@
 import { CreditBalance } from '../protocol/credit.js';
 import { BytePacker, UNPACKED, copyChunk, type ChunkData, type ChunkRules } from '../protocol/chunk.js';
 import { SluiceError, describeThrown, toWireError, type WireError } from '../protocol/errors.js';
-import { parseToSandbox, type ActionKind, type FromSandbox, type LogLevel, type StartSpec, type ToSandbox } from '../protocol/messages.js';
-import { MAX_LOG_MESSAGE } from '../protocol/messages.js';
+import { MAX_LOG_MESSAGE, parseToSandbox, type ActionKind, type FromSandbox, type LogLevel, type StartSpec, type ToSandbox } from '../protocol/messages.js';
 import { createAbort, type AbortPair } from './abort.js';
 import type { Action, PluginContext } from './sdk.js';
 import { InputQueue } from './input.js';
