@@ -5,9 +5,11 @@
  * - cpuMs: the thread's event-loop utilisation (`worker.performance.eventLoopUtilization`),
  *   readable from here even while the plugin spins; active loop time of a thread
  *   that runs one stream is that stream's CPU time (blocking syscalls aside).
- * - memoryMb: V8 `resourceLimits` on the thread (one Piscina pool per distinct
- *   limit). Worker code is trusted: a Map grown past resourceLimits can still take
- *   the process down on Node 20, which is why untrusted plugins belong in `isolate`.
+ * - memoryMb: the thread's heap, sampled through the inspector every check interval
+ *   (heap-watch.ts says why), with V8 `resourceLimits` at about twice the limit as the
+ *   backstop (one Piscina pool per distinct limit). One allocation past that backstop
+ *   still aborts the process on Node 20: worker code is trusted, untrusted plugins
+ *   belong in `isolate`.
  * A hard stop terminates the thread; Piscina replaces it and no other stream notices.
  */
 import { MessageChannel, type MessagePort, type Worker } from 'node:worker_threads';
@@ -17,6 +19,7 @@ import { SluiceError, fromWireError } from '../../protocol/errors.js';
 import { parseFromSandbox, parseWireError, type StartSpec, type ToSandbox } from '../../protocol/messages.js';
 import type { DescribeResult, DescribeTask, StreamTask, WorkerHello } from '../../sandbox/worker.js';
 import type { BundledPlugin, PluginDescription, PoolStats, SandboxEvents, SandboxHandle, SandboxPool } from './types.js';
+import { WorkerHeapWatch } from './heap-watch.js';
 
 export interface WorkerPoolOptions {
   /** Threads per memory class; also the most streams that run at once in this pool. */
@@ -37,6 +40,14 @@ export const WORKER_POOL_DEFAULTS: Readonly<WorkerPoolOptions> = Object.freeze({
 export const WORKER_ENTRY = fileURLToPath(new URL('../../sandbox/worker-entry.cjs', import.meta.url));
 /** Young generation is kept small; the limit a user sets is the old generation. */
 const YOUNG_GENERATION_MB = 16;
+const MIB = 1024 * 1024;
+
+/**
+ * V8's own limit for a thread whose stream may use `memoryMb`: far enough above it that
+ * the heap sample sees the stream pass `memoryMb` (and stops it) before a doubling
+ * allocation meets V8's limit, which would abort the process.
+ */
+const v8HeapLimitMb = (memoryMb: number): number => memoryMb * 2 + 64;
 const DESCRIBE_TIMEOUT_MS = 10_000;
 /** The describe thread goes away when no plugin has been loaded for this long. */
 const DESCRIBE_IDLE_MS = 5_000;
@@ -48,6 +59,9 @@ interface Running {
   port: MessagePort;
   events: SandboxEvents;
   cpuMs: number;
+  memoryMb: number;
+  /** A heap sample is on its way. */
+  sampling: boolean;
   worker: Worker | undefined;
   eluStart: ReturnType<Worker['performance']['eventLoopUtilization']> | undefined;
   /** Set once the stream's outcome is known; later messages are dropped. */
@@ -70,6 +84,7 @@ export class WorkerPool implements SandboxPool {
   readonly #running = new Set<Running>();
   #describePool: Piscina | undefined;
   #timer: NodeJS.Timeout | undefined;
+  #heap: WorkerHeapWatch | undefined;
   #replaced = 0;
   #closed = false;
 
@@ -104,7 +119,7 @@ export class WorkerPool implements SandboxPool {
         // A stream owns its thread; piscina's own queue stays empty because the host admits at most maxThreads.
         concurrentTasksPerWorker: 1,
         idleTimeout: 30_000,
-        resourceLimits: { maxOldGenerationSizeMb: memoryMb, maxYoungGenerationSizeMb: YOUNG_GENERATION_MB },
+        resourceLimits: { maxOldGenerationSizeMb: v8HeapLimitMb(memoryMb), maxYoungGenerationSizeMb: YOUNG_GENERATION_MB },
         execArgv: WORKER_EXEC_ARGV,
       });
       this.#pools.set(memoryMb, pool);
@@ -137,7 +152,7 @@ export class WorkerPool implements SandboxPool {
       minThreads: 0,
       maxThreads: 1,
       idleTimeout: DESCRIBE_IDLE_MS,
-      resourceLimits: { maxOldGenerationSizeMb: this.#defaultMemory(), maxYoungGenerationSizeMb: YOUNG_GENERATION_MB },
+      resourceLimits: { maxOldGenerationSizeMb: v8HeapLimitMb(this.#defaultMemory()), maxYoungGenerationSizeMb: YOUNG_GENERATION_MB },
       execArgv: WORKER_EXEC_ARGV,
     });
     return this.#describePool;
@@ -151,8 +166,21 @@ export class WorkerPool implements SandboxPool {
   async start(plugin: BundledPlugin, spec: StartSpec, events: SandboxEvents): Promise<SandboxHandle> {
     this.#assertOpen();
     const pool = this.#pool(spec.limits.memoryMb);
+    this.#heap ??= new WorkerHeapWatch();
     const { port1, port2 } = new MessageChannel();
-    const run: Running = { port: port1, events, cpuMs: spec.limits.cpuMs, worker: undefined, eluStart: undefined, exited: false, ended: false, stopReason: undefined, finalTimer: undefined };
+    const run: Running = {
+      port: port1,
+      events,
+      cpuMs: spec.limits.cpuMs,
+      memoryMb: spec.limits.memoryMb,
+      sampling: false,
+      worker: undefined,
+      eluStart: undefined,
+      exited: false,
+      ended: false,
+      stopReason: undefined,
+      finalTimer: undefined,
+    };
     this.#running.add(run);
 
     port1.on('message', (data: unknown) => this.#onMessage(run, pool, data));
@@ -182,7 +210,7 @@ export class WorkerPool implements SandboxPool {
       const id = (data as WorkerHello).threadId;
       run.worker = pool.threads.find((w) => w.threadId === id);
       run.eluStart = run.worker?.performance.eventLoopUtilization();
-      if (run.cpuMs > 0) this.#startTimer();
+      this.#startTimer();
       if (run.stopReason !== undefined) this.#terminate(run, run.stopReason);
       return;
     }
@@ -232,24 +260,38 @@ export class WorkerPool implements SandboxPool {
 
   #startTimer(): void {
     if (this.#timer !== undefined) return;
-    this.#timer = setInterval(() => this.#checkCpu(), this.#options.checkIntervalMs);
+    this.#timer = setInterval(() => this.#checkLimits(), this.#options.checkIntervalMs);
     this.#timer.unref();
   }
 
-  #checkCpu(): void {
+  #checkLimits(): void {
     let watched = 0;
     for (const run of this.#running) {
-      if (run.cpuMs <= 0 || run.worker === undefined || run.eluStart === undefined || run.stopReason !== undefined) continue;
+      if (run.worker === undefined || run.eluStart === undefined || run.stopReason !== undefined) continue;
       watched++;
-      const used = run.worker.performance.eventLoopUtilization(run.eluStart).active;
-      if (used > run.cpuMs) {
-        this.#terminate(run, new SluiceError('ERR_LIMIT_CPU', `Stream used ${Math.round(used)} ms of CPU, over its limit of ${run.cpuMs} ms`, { details: { limit: 'cpuMs', max: run.cpuMs, used: Math.round(used) } }));
+      if (run.cpuMs > 0) {
+        const used = run.worker.performance.eventLoopUtilization(run.eluStart).active;
+        if (used > run.cpuMs) {
+          this.#terminate(run, new SluiceError('ERR_LIMIT_CPU', `Stream used ${Math.round(used)} ms of CPU, over its limit of ${run.cpuMs} ms`, { details: { limit: 'cpuMs', max: run.cpuMs, used: Math.round(used) } }));
+          continue;
+        }
       }
+      if (!run.sampling && this.#heap !== undefined) this.#sampleHeap(run, this.#heap, run.worker.threadId);
     }
     if (watched === 0 && this.#timer !== undefined) {
       clearInterval(this.#timer);
       this.#timer = undefined;
     }
+  }
+
+  #sampleHeap(run: Running, heap: WorkerHeapWatch, threadId: number): void {
+    run.sampling = true;
+    void heap.heapUsed(threadId).then((used) => {
+      run.sampling = false;
+      if (used === undefined || used <= run.memoryMb * MIB || run.exited) return;
+      const usedMb = Math.round(used / MIB);
+      this.#terminate(run, new SluiceError('ERR_LIMIT_MEMORY', `Stream used ${usedMb} MiB of heap, over its memoryMb limit of ${run.memoryMb}`, { details: { limit: 'memoryMb', max: run.memoryMb, used: usedMb } }));
+    });
   }
 
   stats(): PoolStats {
@@ -279,6 +321,8 @@ export class WorkerPool implements SandboxPool {
     this.#closed = true;
     if (this.#timer !== undefined) clearInterval(this.#timer);
     this.#timer = undefined;
+    this.#heap?.close();
+    this.#heap = undefined;
     const stop = new SluiceError('ERR_HOST_CLOSED', 'Host closed while the stream ran');
     for (const run of [...this.#running]) {
       run.stopReason ??= stop;
