@@ -10,7 +10,7 @@
 import { CreditBalance } from '../protocol/credit.js';
 import { BytePacker, UNPACKED, copyChunk, type ChunkData, type ChunkRules } from '../protocol/chunk.js';
 import { SluiceError, describeThrown, toWireError, type WireError } from '../protocol/errors.js';
-import { MAX_LOG_MESSAGE, parseToSandbox, type ActionKind, type FromSandbox, type LogLevel, type StartSpec, type ToSandbox } from '../protocol/messages.js';
+import { MAX_LOG_MESSAGE, type ActionKind, type FromSandbox, type LogLevel, type StartSpec, type ToSandbox } from '../protocol/messages.js';
 import { createAbort, type AbortPair } from './abort.js';
 import type { Action, PluginContext } from './sdk.js';
 import { InputQueue } from './input.js';
@@ -25,9 +25,10 @@ export interface DriverEnv {
   later(fn: () => void): void;
   /**
    * Take the host's next message if one is already waiting, without a turn of the event
-   * loop (a worker's `receiveMessageOnPort`); undefined when there is none. Optional.
+   * loop (a worker's `receiveMessageOnPort`), parsed as `onMessage` expects it;
+   * undefined when there is none. Optional.
    */
-  poll?(): unknown;
+  poll?(): ToSandbox | undefined;
 }
 
 /** A batch is sent early once it holds this many chunks or bytes (or half the window, if less). */
@@ -250,7 +251,7 @@ export class StreamDriver {
     while (!this.credit.available) {
       const msg = this.env.poll?.();
       if (msg === undefined) break;
-      this.onMessage(parseToSandbox(msg));
+      this.onMessage(msg);
       if (this.cancelled !== undefined) throw new Stop();
     }
     if (this.credit.available) return;

@@ -10,7 +10,7 @@
 import { receiveMessageOnPort, threadId, type MessagePort } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import { SluiceError, toWireError, type WireError } from '../protocol/errors.js';
-import { parseStartSpec, parseToSandbox, type ActionKind, type FromSandbox } from '../protocol/messages.js';
+import { parseStartSpec, parseToSandbox, type ActionKind, type FromSandbox, type ToSandbox } from '../protocol/messages.js';
 import { StreamDriver } from './driver.js';
 import { actionKinds, manifestData, readPluginModule, type LoadedPlugin } from './plugin-module.js';
 
@@ -68,7 +68,12 @@ export default async function runTask(task: DescribeTask | StreamTask): Promise<
   try {
     const spec = parseStartSpec(task.spec);
     const plugin = await load(task.modulePath);
-    const driver = new StreamDriver(plugin.actions, spec, { send, later: setImmediate, poll: () => receiveMessageOnPort(port)?.message });
+    // Every host message is parsed here, whether it comes as an event or is polled.
+    const poll = (): ToSandbox | undefined => {
+      const queued = receiveMessageOnPort(port);
+      return queued === undefined ? undefined : parseToSandbox(queued.message);
+    };
+    const driver = new StreamDriver(plugin.actions, spec, { send, later: setImmediate, poll });
     port.on('message', (data: unknown) => {
       try {
         driver.onMessage(parseToSandbox(data));

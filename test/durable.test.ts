@@ -14,7 +14,7 @@ import type { TestContext } from 'node:test';
 import { Sluice } from '../host/index.js';
 import { Store } from '../host/store/store.js';
 import type { ReadEvent } from '../host/types.js';
-import { CONFORMANCE as P, collect, openHost, outcome, sleep } from './helpers.js';
+import { CONFORMANCE as P, collect, openHost, outcome, runNode, sleep, type NodeRun } from './helpers.js';
 
 const W = { sandbox: 'worker' } as const;
 const SLUICE_BIN = fileURLToPath(new URL('../../bin/sluice.js', import.meta.url));
@@ -215,24 +215,17 @@ test('one host per data folder: a second is ERR_STORE_LOCKED naming the first, i
   assertContiguous(await readAll(second, s.id), 5);
 });
 
-/** `sluice <args>` in a child process, as a user runs it; bounded in time. */
-function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--no-node-snapshot', SLUICE_BIN, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`sluice ${args.join(' ')} timed out: ${stderr}`));
-    }, 20_000);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+/** `sluice <args>` in a child process, as a user runs it. */
+const cli = (args: string[]): Promise<NodeRun> => runNode(['--no-node-snapshot', SLUICE_BIN, ...args]);
+
+/** A pid that belonged to a process of this machine that has exited: what a SIGKILLed host leaves in its lock. */
+async function deadPid(): Promise<number> {
+  const gone = spawn(process.execPath, ['-e', '']);
+  await new Promise((resolve) => gone.once('exit', resolve));
+  return gone.pid!;
 }
+
+const staleLock = (pid: number, token: string): string => JSON.stringify({ pid, hostname: hostname(), since: new Date(0).toISOString(), token });
 
 test('`sluice streams rm` is refused while a host runs on the folder (ls is not), and works once it is gone', async (t) => {
   const dir = await dataDir(t);
@@ -261,9 +254,8 @@ test('`sluice streams rm` is refused while a host runs on the folder (ls is not)
 test('hosts that find the same stale lock at once: exactly one takes it over; a takeover guard left by a killed host is cleared', async (t) => {
   const dir = await dataDir(t);
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const gone = spawn(process.execPath, ['-e', '']);
-  await new Promise((resolve) => gone.once('exit', resolve));
-  const stale = (token: string): string => JSON.stringify({ pid: gone.pid, hostname: hostname(), since: new Date(0).toISOString(), token });
+  const pid = await deadPid();
+  const stale = (token: string): string => staleLock(pid, token);
   const lockUrl = new URL('../host/store/lock.js', import.meta.url).href;
   // Each contender spins until the same instant, takes the lock, holds it 1.5 s (past everyone's verdict), releases.
   const contender = `import { DataLock } from ${JSON.stringify(lockUrl)};
@@ -272,21 +264,9 @@ test('hosts that find the same stale lock at once: exactly one takes it over; a 
     try { const l = await DataLock.acquire(${JSON.stringify(dir)}); console.log('got'); await new Promise((r) => setTimeout(r, 1500)); await l.release(); }
     catch (e) { console.log(e.code); }`;
   const race = async (): Promise<string[]> => {
-    const at = Date.now() + 500;
-    return Promise.all(
-      Array.from(
-        { length: 6 },
-        () =>
-          new Promise<string>((resolve, reject) => {
-            const child = spawn(process.execPath, ['--input-type=module', '-e', contender, String(at)], { stdio: ['ignore', 'pipe', 'inherit'] });
-            let out = '';
-            child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-            const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-            child.on('exit', () => (clearTimeout(timer), resolve(out.trim())));
-            child.on('error', reject);
-          }),
-      ),
-    );
+    const at = String(Date.now() + 500);
+    const runs = await Promise.all(Array.from({ length: 6 }, () => runNode(['--input-type=module', '-e', contender, at], 15_000)));
+    return runs.map((r) => r.stdout.trim());
   };
   // Before the guard, 5 of 10 such rounds had two to four winners.
   for (let round = 0; round < 3; round++) {
@@ -305,10 +285,8 @@ test('hosts that find the same stale lock at once: exactly one takes it over; a 
 
 test('a lock left by a process that is gone is taken over; an unreadable one is ERR_STORE_LOCKED', async (t) => {
   const dir = await dataDir(t);
-  const gone = spawn(process.execPath, ['-e', '']);
-  await new Promise((resolve) => gone.once('exit', resolve));
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  await writeFile(join(dir, 'host.lock'), JSON.stringify({ pid: gone.pid, hostname: hostname(), since: new Date(0).toISOString(), token: 'stale' }));
+  await writeFile(join(dir, 'host.lock'), staleLock(await deadPid(), 'stale'));
   const host = await Sluice.open({ dataDir: dir, isolates: false, logger: false });
   assert.equal(JSON.parse(await readFile(join(dir, 'host.lock'), 'utf8')).pid, process.pid);
   await host.close();

@@ -1,4 +1,5 @@
-/** Shared test helpers: fixture paths, hosts that close themselves, bounded waits. */
+/** Shared test helpers: fixture paths, hosts that close themselves, bounded waits, child processes. */
+import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import type { TestContext } from 'node:test';
 import { Sluice, type SluiceOptions } from '../host/index.js';
@@ -41,3 +42,38 @@ export async function outcome<T>(stream: SluiceStream<T>): Promise<{ chunks: Chu
 }
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** How a child process ended, and what it printed. */
+export interface NodeRun {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/**
+ * Run `node <args>` to its end, collecting its output. Bounded: past `timeoutMs` the
+ * child is SIGKILLed and the promise rejects, naming the command and its stderr. A
+ * child that dies by a signal of its own (SIGABRT) resolves, with `signal` set.
+ */
+export function runNode(args: string[], timeoutMs = 20_000): Promise<NodeRun> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`node ${args.join(' ').slice(0, 200)} timed out: ${stderr}`));
+    }, timeoutMs);
+    child.on('error', (err) => {
+      clearTimeout(timer);
+      reject(err);
+    });
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr });
+    });
+  });
+}

@@ -26,6 +26,7 @@ import {
   type ErrorCode,
   type FromSandbox,
   type StartSpec,
+  type ToSandbox,
 } from '../protocol/index.js';
 import { StreamDriver } from '../sandbox/driver.js';
 
@@ -249,7 +250,7 @@ describe('stream driver', () => {
   test('out of credit, the driver takes a grant already waiting (poll) without a turn of the event loop', async () => {
     const sent: FromSandbox[] = [];
     let turns = 0;
-    const queued: unknown[] = [];
+    const queued: ToSandbox[] = [];
     const actions = {
       async *count() {
         for (let i = 0; i < 6; i++) yield i;

@@ -11,27 +11,12 @@ import { fileURLToPath } from 'node:url';
 import { test } from 'node:test';
 import WebSocket from 'ws';
 import { CLOSE_CODES, WS_SUBPROTOCOL } from '../protocol/ws.js';
+import { runNode, type NodeRun } from './helpers.js';
 
 const DRIVER = fileURLToPath(new URL('./server-cli-driver.js', import.meta.url));
 const PLUGINS = fileURLToPath(new URL('../../plugins', import.meta.url));
 
-function run(args: string[], timeoutMs = 20_000): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--no-node-snapshot', DRIVER, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`timed out: ${stderr}`));
-    }, timeoutMs);
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
-}
+const run = (args: string[]): Promise<NodeRun> => runNode(['--no-node-snapshot', DRIVER, ...args]);
 
 test('token create + serve + SIGTERM: the token works, sockets get 1001, exit 0', async (t) => {
   const data = await mkdtemp(join(tmpdir(), 'sluice-cli-'));

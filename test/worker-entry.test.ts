@@ -10,8 +10,8 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { WORKER_ENTRY } from '../host/sandbox/worker-pool.js';
+import { runNode } from './helpers.js';
 
 const PISCINA = import.meta.resolve('piscina');
 const ROUNDS = 150;
@@ -26,19 +26,7 @@ test('worker threads terminated while they load the sandbox never abort the host
       await pool.destroy().catch(() => {});
     }
     console.log('survived');`;
-  const { code, signal, stdout, stderr } = await new Promise<{ code: number | null; signal: string | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
-    child.on('error', reject);
-    child.on('exit', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr });
-    });
-  });
+  const { code, signal, stdout, stderr } = await runNode(['--input-type=module', '-e', script], 120_000);
   assert.equal(signal, null, `the process died by ${signal}: ${stderr.slice(0, 400)}`);
   assert.equal(code, 0, stderr.slice(0, 400));
   assert.equal(stdout.trim(), 'survived');
