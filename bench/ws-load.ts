@@ -7,6 +7,9 @@
  * JSON-parsed: the `seq` of a `chunks` frame is read from its fixed prefix, which is
  * enough to return credit, and an `end` frame closes the count.
  *
+ * With `streamId`, every client subscribes to that one stream (fan-out) instead of
+ * starting its own; each still receives all `chunks` of it.
+ *
  * Mode `hold`: open the sockets, subscribe each to `streamId`, report when all are
  * open, and keep them until stdin closes.
  */
@@ -19,6 +22,7 @@ interface Spec {
   clients: number;
   chunks: number;
   window: number;
+  /** Hold: the stream to subscribe to. Load: when set, every client subscribes to this one stream (fan-out) instead of starting its own. */
   streamId?: string;
   deadlineMs: number;
 }
@@ -39,8 +43,9 @@ async function load(): Promise<void> {
   const t0 = performance.now();
   let ended = 0;
   let frames = 0;
+  let firstError: string | undefined;
   await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`deadline: ${ended}/${spec.clients} ended`)), spec.deadlineMs);
+    const timer = setTimeout(() => reject(new Error(`deadline: ${ended}/${spec.clients} ended${firstError === undefined ? '' : `; first error frame: ${firstError}`}`)), spec.deadlineMs);
     for (const ws of sockets) {
       let granted = spec.window;
       ws.on('message', (data: Buffer) => {
@@ -56,6 +61,7 @@ async function load(): Promise<void> {
           }
           return;
         }
+        if (text.startsWith('{"type":"error"') && firstError === undefined) firstError = data.toString().slice(0, 300);
         if (text.startsWith('{"type":"end"')) {
           ended++;
           if (ended === spec.clients) {
@@ -64,7 +70,11 @@ async function load(): Promise<void> {
           }
         }
       });
-      ws.send(JSON.stringify({ type: 'start', sub: 1, plugin: 'synthetic', action: 'emit', params: { n: spec.chunks }, credit: spec.window }));
+      ws.send(
+        spec.streamId === undefined
+          ? JSON.stringify({ type: 'start', sub: 1, plugin: 'synthetic', action: 'emit', params: { n: spec.chunks }, credit: spec.window })
+          : JSON.stringify({ type: 'subscribe', sub: 1, streamId: spec.streamId, fromSeq: 0, credit: spec.window }),
+      );
     }
   });
   const ms = performance.now() - t0;

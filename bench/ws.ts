@@ -2,33 +2,49 @@
  * Question: what does the sluice server cost on top of a bare uWS socket, and what
  * does uWS buy over a `ws` server in front of the same host?
  *
- * Three servers deliver the same stream of `chunks` frames (sluice.v1) to 100 `ws`
- * clients in a separate process (bench/ws-load.ts), each client starting its own
- * stream and returning credit like the SDK:
+ * Three servers deliver `chunks` frames (sluice.v1) to 100 `ws` clients in a separate
+ * process (bench/ws-load.ts) that return credit like the SDK:
  * - e2e: `startServer` over a synthetic in-process host (a plugin stand-in that yields
  *   ready chunks; the sandbox hop is measured elsewhere, this isolates the server);
  * - raw uWS: a bare uWS app pushing pre-serialised frames of the same size and batch
  *   composition, with plain drain-based backpressure and no protocol;
  * - ws host: the same host and protocol behind a `ws` WebSocketServer.
- * Reported as ratios of chunks per second: after one warm-up run each, every round runs
+ * Two shapes, each raced on its own:
+ * - **fan-out** (the headline `ws_e2e_*`, the issue's "plugin -> server -> 100 clients"):
+ *   one stream of FANOUT_CHUNKS, every client subscribed to it from seq 0, each
+ *   receiving all of it. The sluice server encodes each chunk once into its fan-out
+ *   ring and frames it per subscriber; the `ws` host (WsFanout) encodes each batch once
+ *   and sends the very same Buffer to every client, which favours `ws`.
+ * - **own streams** (`ws_own_streams_*`): each client starts a stream of its own, so
+ *   every chunk is JSON-encoded for its one subscriber, in the e2e server and the `ws`
+ *   host alike.
+ * Reported as ratios of chunks delivered per second: after warm-ups, every round runs
  * the three once, in an order that rotates, each after a forced GC; the ratio is taken
  * per round and the median over rounds reported, with the smallest and largest as the
- * error bar. Then 1,000 sockets held on one server with the server process's RSS. Last,
- * `ws_e2e_real_plugin_chunks_per_s`: the same 100 clients served by the real host with a
- * real worker plugin making the stand-in's chunks (the issue's "plugin -> server -> 100
- * clients" as a user runs it; no baseline, a rate to read beside `ws_e2e_chunks_per_s`).
+ * error bar. Beside them, each server's CPU per delivered chunk (`*_server_ns_per_chunk`,
+ * this process's CPU over the run: all three servers live in it) and
+ * `ws_e2e_server_cpu_vs_ws_host` (the `ws` host's CPU per chunk over the e2e server's).
+ * Then 1,000 sockets held on one server with the server process's RSS. Last,
+ * `ws_e2e_real_plugin_chunks_per_s`: 100 clients with streams of their own served by
+ * the real host with a real worker plugin making the stand-in's chunks (no baseline, a
+ * rate to read beside `ws_own_streams_chunks_per_s`).
  *
  * Export `benchWs()`; run directly with `node dist/bench/ws.js`. Knobs (env):
- * BENCH_WS_CHUNKS (chunks per client, default 20000), BENCH_WS_WINDOW (client credit
- * window, default 1024), BENCH_WS_SERVER (JSON server options merged in),
- * BENCH_WS_ROUNDS (default 5), BENCH_WS_ONLY=e2e (skip the baselines), BENCH_WS_DEBUG
- * (print CPU, frame counts and per-round ratios).
+ * BENCH_WS_CHUNKS (chunks per own stream, default 20000), BENCH_WS_FANOUT_CHUNKS
+ * (chunks of the shared stream, default 60000), BENCH_WS_WINDOW (client credit window,
+ * default 1024), BENCH_WS_SERVER (JSON server options merged in), BENCH_WS_ROUNDS
+ * (default 5), BENCH_WS_ONLY=e2e (skip the baselines), BENCH_WS_DEBUG (print CPU,
+ * frame counts and per-round ratios).
  *
- * What the ratios mean: each client has its own stream, so nothing is shared between
- * subscribers and every chunk is JSON-encoded once for its one subscriber, in the e2e
- * server and in the `ws` host alike. The raw baseline sends pre-serialised frames: no
- * per-chunk work at all (~60-80 ns of server CPU per chunk, all of it sends), so it
- * measures the client process (~210 ns of client CPU per chunk).
+ * What the ratios mean. The client process is the floor: ~200 ns of its CPU per chunk
+ * against ~60-80 ns for the raw server (all of it sends), and the machine has two
+ * cores. In fan-out, where per-chunk work is shared by 100 subscribers, both servers'
+ * cost is mostly sends (~105-125 ns per chunk for sluice, ~120-135 for the `ws` host),
+ * so both run at the clients' pace: the sluice server reaches ~0.7 of raw uWS, and the
+ * `ws` host keeps up with it (~1x), because with ~250 chunks per frame a `ws` send is
+ * no dearer than a uWS one. With streams of their own, each server's JSON encoding
+ * (~150-175 ns per chunk, more than the client spends) binds: ~0.25 of raw, ~1.3x `ws`.
+ * A 4x lead over `ws` needs a server-bound run that these two cores cannot give.
  *
  * The stand-in (SyntheticStream) models HostStream's consumer side: batches of 128
  * produced against a 256-chunk credit window, arriving a macrotask after the credit,
@@ -41,14 +57,15 @@
  * `await next()` only when nothing is buffered), so the two differ in transport and in
  * what the sluice server adds (fan-out ring, per-subscriber framing, auth, limits).
  *
- * What is left in the e2e server's CPU per chunk (BENCH_WS_DEBUG; ~500 ns on a loaded
- * 2-core machine, ~400 in-process without sockets): `JSON.stringify` of the chunk
+ * What is left in the e2e server's CPU per chunk with streams of their own
+ * (BENCH_WS_DEBUG; ~500-600 ns on a loaded 2-core machine, ~400 in-process without
+ * sockets): `JSON.stringify` of the chunk
  * (~150-175 in a block; V8 11 has no fast path for it), splitting the block at its
  * commas (~50), the stand-in (~35), `encodeChunkData`'s check for bytes and tags
  * (~20), GC (~13%), ring and frame copies. The JSON encoding alone is about as much
- * server CPU per chunk as the client spends, so with ~250 chunks per frame e2e stays
- * well under the raw baseline (which encodes nothing) and under 4x the `ws` host: see
- * the per-round ratios BENCH_WS_DEBUG prints.
+ * server CPU per chunk as the client spends, so with ~250 chunks per frame own-stream
+ * e2e stays well under the raw baseline (which encodes nothing): see the per-round
+ * ratios BENCH_WS_DEBUG prints.
  */
 import { spawn } from 'node:child_process';
 import { EventEmitter } from 'node:events';
@@ -71,6 +88,8 @@ import { chunksFrameText, encodeChunkJson, encodeChunksJson } from '../host/serv
 
 const CLIENTS = 100;
 const CHUNKS_PER_CLIENT = Number(process.env.BENCH_WS_CHUNKS ?? 20_000);
+/** Chunks of the one stream all clients share in the fan-out runs (each client gets all of them). */
+const FANOUT_CHUNKS = Number(process.env.BENCH_WS_FANOUT_CHUNKS ?? 60_000);
 const WINDOW = Number(process.env.BENCH_WS_WINDOW ?? 1024);
 const HOLD_CLIENTS = 1000;
 const SECRET = 'bench-secret-0123456789-abcdefghijklmnop';
@@ -271,11 +290,20 @@ interface LoadResult {
   chunks: number;
   frames: number;
   ms: number;
+  /** The load process's own CPU. */
+  cpuMs: number;
 }
 
-function runLoad(url: string, token: string): Promise<LoadResult> {
+/** A load run and the CPU the bench process (the server under test) spent meanwhile. */
+interface Run extends LoadResult {
+  serverCpuMs: number;
+}
+
+/** 100 clients, each starting its own stream, or with `streamId` all subscribing to that one (fan-out). */
+function runLoad(url: string, token: string, streamId?: string): Promise<LoadResult> {
   return new Promise((resolve, reject) => {
-    const spec = { mode: 'load', url, token, clients: CLIENTS, chunks: CHUNKS_PER_CLIENT, window: WINDOW, deadlineMs: DEADLINE_MS };
+    const chunks = streamId === undefined ? CHUNKS_PER_CLIENT : FANOUT_CHUNKS;
+    const spec = { mode: 'load', url, token, clients: CLIENTS, chunks, window: WINDOW, deadlineMs: DEADLINE_MS, streamId };
     const child = spawn(process.execPath, [LOAD_SCRIPT, JSON.stringify(spec)], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -293,12 +321,12 @@ function runLoad(url: string, token: string): Promise<LoadResult> {
 
 // ---- baseline: bare uWS ------------------------------------------------------------
 
-async function rawUws(chunksPerFrame: number): Promise<{ url: string; close(): void }> {
+async function rawUws(chunksPerFrame: number, chunks: number): Promise<{ url: string; close(): void }> {
   const uws = loadNativeUws();
   const jsons: string[] = [];
-  for (let i = 0; i < CHUNKS_PER_CLIENT; i++) jsons.push(encodeChunkJson({ i, payload: PAYLOAD }));
+  for (let i = 0; i < chunks; i++) jsons.push(encodeChunkJson({ i, payload: PAYLOAD }));
   const frames: string[] = [];
-  for (let seq = 0; seq < CHUNKS_PER_CLIENT; seq += chunksPerFrame) frames.push(chunksFrameText(1, seq, jsons.slice(seq, seq + chunksPerFrame)));
+  for (let seq = 0; seq < chunks; seq += chunksPerFrame) frames.push(chunksFrameText(1, seq, jsons.slice(seq, seq + chunksPerFrame)));
   const END = '{"type":"end","sub":1,"status":"done"}';
   const HIGH = 256 * 1024;
   interface State {
@@ -320,7 +348,9 @@ async function rawUws(chunksPerFrame: number): Promise<{ url: string; close(): v
       res.upgrade<State>({ next: 0 }, req.getHeader('sec-websocket-key'), 'sluice.v1', req.getHeader('sec-websocket-extensions'), ctx);
     },
     message: (ws, msg) => {
-      if (Buffer.from(msg).toString('latin1', 0, 14) === '{"type":"start') pump(ws);
+      // A client's one start or subscribe: every client gets the whole stream either way.
+      const head = Buffer.from(msg).toString('latin1', 0, 18);
+      if (head.startsWith('{"type":"start') || head.startsWith('{"type":"subscribe')) pump(ws);
     },
     drain: (ws) => pump(ws),
   });
@@ -340,6 +370,7 @@ async function wsHost(host: ServerHost): Promise<{ url: string; close(): Promise
   wss.on('connection', (ws: WsSocket) => {
     let credit = 0;
     let wake: (() => void) | undefined;
+    let grantFanout: ((n: number) => void) | undefined;
     const socket = (ws as unknown as { _socket: Socket })._socket;
     socket.on('drain', () => {
       if (ws.bufferedAmount <= LOW) wake?.();
@@ -348,8 +379,11 @@ async function wsHost(host: ServerHost): Promise<{ url: string; close(): Promise
     ws.on('message', (data: Buffer) => {
       const frame = JSON.parse(data.toString()) as { type: string; n?: number; params?: unknown; credit?: number };
       if (frame.type === 'credit') {
+        if (grantFanout !== undefined) grantFanout(frame.n ?? 0);
         credit += frame.n ?? 0;
         wake?.();
+      } else if (frame.type === 'subscribe') {
+        grantFanout = fanout(frame as unknown as { streamId: string }).join(ws, frame.credit ?? 0);
       } else if (frame.type === 'start') {
         credit += frame.credit ?? 0;
         const stream = host.stream('synthetic', 'emit', frame.params);
@@ -396,6 +430,18 @@ async function wsHost(host: ServerHost): Promise<{ url: string; close(): Promise
       }
     });
   });
+  const groups = new Map<string, WsFanout>();
+  const fanout = (frame: { streamId: string }): WsFanout => {
+    let g = groups.get(frame.streamId);
+    if (g === undefined) {
+      const stream = host.getStream(frame.streamId);
+      if (stream === undefined) throw new Error(`ws host: no stream ${frame.streamId}`);
+      g = new WsFanout(stream, HIGH, LOW);
+      groups.set(frame.streamId, g);
+      void stream.result.then(() => setTimeout(() => groups.delete(frame.streamId), 1000));
+    }
+    return g;
+  };
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as AddressInfo).port;
   return {
@@ -407,6 +453,73 @@ async function wsHost(host: ServerHost): Promise<{ url: string; close(): Promise
         server.close(() => r());
       }),
   };
+}
+
+/**
+ * The `ws` host's fan-out, built to favour `ws`: each batch the stream has buffered is
+ * encoded once into one frame, kept (no ring bound, no eviction), and the same Buffer is
+ * sent to every subscriber as its credit and socket allow; the stream is pulled while
+ * any subscriber has caught up and still has credit. Every client uses `sub` 1, so one
+ * frame serves all (the sluice server frames per subscriber, whatever its `sub`).
+ */
+class WsFanout {
+  readonly #frames: { bytes: Buffer; count: number }[] = [];
+  readonly #members: { ws: WsSocket; credit: number; next: number }[] = [];
+  #done = false;
+  #pulling = false;
+  #it: AsyncIterator<Chunk> | undefined;
+  constructor(
+    readonly stream: SluiceStream,
+    readonly high: number,
+    readonly low: number,
+  ) {}
+
+  /** Add a subscriber; returns how its credit frames reach it. */
+  join(ws: WsSocket, credit: number): (n: number) => void {
+    const m = { ws, credit, next: 0 };
+    this.#members.push(m);
+    (ws as unknown as { _socket: Socket })._socket.on('drain', () => {
+      if (ws.bufferedAmount <= this.low) this.#pump(m);
+    });
+    this.#pump(m);
+    return (n) => {
+      m.credit += n;
+      this.#pump(m);
+    };
+  }
+
+  #pump(m: { ws: WsSocket; credit: number; next: number }): void {
+    while (m.next < this.#frames.length && m.credit > 0 && m.ws.bufferedAmount <= this.high) {
+      const f = this.#frames[m.next++]!;
+      m.credit -= f.count;
+      m.ws.send(f.bytes, { binary: false });
+    }
+    if (m.next === this.#frames.length) {
+      if (this.#done) {
+        m.next++;
+        m.ws.send('{"type":"end","sub":1,"status":"done"}');
+      } else if (m.credit > 0) void this.#pull();
+    }
+  }
+
+  async #pull(): Promise<void> {
+    if (this.#pulling || this.#done) return;
+    this.#pulling = true;
+    const it = (this.#it ??= this.stream[Symbol.asyncIterator]());
+    let buffered = this.stream.takeBuffered?.(256) ?? [];
+    if (buffered.length === 0) {
+      const r = await it.next();
+      if (r.done === true) this.#done = true;
+      else buffered = [r.value, ...(this.stream.takeBuffered?.(255) ?? [])];
+    }
+    if (buffered.length > 0) {
+      const { text } = encodeChunksJson(buffered.map((c) => c.data));
+      const json = `{"type":"chunks","sub":1,"seq":${buffered[0]!.seq},"data":[${text.slice(0, -1)}]}`;
+      this.#frames.push({ bytes: Buffer.from(json), count: buffered.length });
+    }
+    this.#pulling = false;
+    for (const m of this.#members) this.#pump(m);
+  }
 }
 
 // ---- held connections --------------------------------------------------------------
@@ -452,64 +565,107 @@ export async function benchWs(): Promise<Record<string, number>> {
   const token = await createToken(SECRET, { plugins: ['*'], streams: ['*'] });
   const host = new SyntheticHost();
   const debug = process.env.BENCH_WS_DEBUG !== undefined;
-  const rate = (r: LoadResult): number => r.chunks / (r.ms / 1000);
+  const rate = (r: Run): number => r.chunks / (r.ms / 1000);
+  const serverNs = (r: Run): number => (r.serverCpuMs * 1e6) / r.chunks;
 
-  // e2e first: its average batch size shapes the raw baseline's frames.
   const extra = process.env.BENCH_WS_SERVER === undefined ? {} : (JSON.parse(process.env.BENCH_WS_SERVER) as object);
   const server = await startServer(host, { host: '127.0.0.1', port: 0, secret: SECRET, maxConnections: 5000, idleTimeoutMs: 0, rateLimit: { burst: 1000, perSecond: 10_000 }, ...extra });
-  await runLoad(server.wsUrl, token); // warm-up
-  const metrics = await server.metrics.metrics();
-  const framesOut = Number(/sluice_server_frames_out_total\{type="chunks"\} (\d+)/.exec(metrics)?.[1] ?? 0);
-  const chunksOut = Number(/sluice_server_chunks_out_total (\d+)/.exec(metrics)?.[1] ?? 0);
-  const chunksPerFrame = Math.max(1, Math.round(chunksOut / Math.max(1, framesOut)));
-  if (debug) console.error(metrics.split('\n').filter((l) => /pauses|frames_out|frames_in/.test(l)).join('\n'));
 
-  /** One load run; with BENCH_WS_DEBUG, the server process's CPU per chunk too (all three servers live in this process). */
-  const timed = async (name: string, url: string): Promise<LoadResult> => {
+  /** One load run, with the CPU this process (all three servers live in it) spent on it. */
+  const timed = async (name: string, url: string, streamId?: string): Promise<Run> => {
     const cpu0 = process.cpuUsage();
-    const r = await runLoad(url, token);
+    const r = await runLoad(url, token, streamId);
+    const cpu = process.cpuUsage(cpu0);
+    const run = { ...r, serverCpuMs: (cpu.user + cpu.system) / 1000 };
     if (debug) {
-      const cpu = process.cpuUsage(cpu0);
-      const client = (r as unknown as { cpuMs: number }).cpuMs;
       console.error(
-        `${name}: ${r.ms.toFixed(0)} ms, server cpu user ${(cpu.user / 1000).toFixed(0)} ms sys ${(cpu.system / 1000).toFixed(0)} ms (${(((cpu.user + cpu.system) * 1000) / r.chunks).toFixed(0)} ns/chunk), client cpu ${client.toFixed(0)} ms, frames ${r.frames}`,
+        `${name}: ${r.ms.toFixed(0)} ms, server cpu user ${(cpu.user / 1000).toFixed(0)} ms sys ${(cpu.system / 1000).toFixed(0)} ms (${serverNs(run).toFixed(0)} ns/chunk), client cpu ${r.cpuMs.toFixed(0)} ms, frames ${r.frames}`,
       );
     }
-    return r;
+    return run;
   };
-  const timedE2e = (): Promise<LoadResult> => timed('e2e', server.wsUrl);
+
+  /** A warm-up run of the e2e server; its average frame (chunks per frame) shapes the raw baseline's frames. */
+  const warmE2e = async (streamId?: string): Promise<number> => {
+    const counters = async (): Promise<[number, number]> => {
+      const text = await server.metrics.metrics();
+      return [Number(/sluice_server_frames_out_total\{type="chunks"\} (\d+)/.exec(text)?.[1] ?? 0), Number(/sluice_server_chunks_out_total (\d+)/.exec(text)?.[1] ?? 0)];
+    };
+    const [frames0, chunks0] = await counters();
+    await runLoad(server.wsUrl, token, streamId);
+    const [frames1, chunks1] = await counters();
+    return Math.max(1, Math.round((chunks1 - chunks0) / Math.max(1, frames1 - frames0)));
+  };
+
+  // A fresh live stream of the synthetic host for each fan-out run; every client subscribes to it.
+  let fanouts = 0;
+  const fanStream = (): string => {
+    const id = `fanout-${fanouts++}`;
+    host.stream('synthetic', 'emit', { n: FANOUT_CHUNKS }, { id });
+    return id;
+  };
 
   if (process.env.BENCH_WS_ONLY === 'e2e') {
+    await warmE2e();
     const rates: number[] = [];
+    const fanRates: number[] = [];
     for (let round = 0; round < ROUNDS; round++) {
       collectGarbage();
-      rates.push(rate(await timedE2e()));
+      rates.push(rate(await timed('e2e', server.wsUrl)));
+      collectGarbage();
+      fanRates.push(rate(await timed('e2e fan-out', server.wsUrl, fanStream())));
     }
     await server.close();
-    return { ws_e2e_chunks_per_s: Math.round(median(rates)) };
+    return { ws_own_streams_chunks_per_s: Math.round(median(rates)), ws_e2e_chunks_per_s: Math.round(median(fanRates)) };
   }
-  const raw = await rawUws(chunksPerFrame);
-  await runLoad(raw.url, token);
+
+  const ownFrame = await warmE2e();
+  const fanFrame = await warmE2e(fanStream());
+  const rawOwn = await rawUws(ownFrame, CHUNKS_PER_CLIENT);
+  const rawFan = await rawUws(fanFrame, FANOUT_CHUNKS);
+  await runLoad(rawOwn.url, token);
+  await runLoad(rawFan.url, token, 'raw');
   const viaWs = await wsHost(host);
   await runLoad(viaWs.url, token);
+  await runLoad(viaWs.url, token, fanStream());
 
   // Rounds: every contender once per round, in an order that rotates, each after a
   // forced GC; ratios are taken per round and the median is reported (bench/README.md).
-  const contenders: (() => Promise<LoadResult>)[] = [timedE2e, () => timed('raw', raw.url), () => timed('ws', viaWs.url)];
-  const rates: number[][] = [[], [], []];
-  for (let round = 0; round < ROUNDS; round++) {
-    for (let k = 0; k < contenders.length; k++) {
-      const c = (round + k) % contenders.length;
-      collectGarbage();
-      rates[c]!.push(rate(await contenders[c]!()));
+  const raceRounds = async (contenders: readonly (() => Promise<Run>)[]): Promise<Run[][]> => {
+    const runs: Run[][] = contenders.map(() => []);
+    for (let round = 0; round < ROUNDS; round++) {
+      for (let k = 0; k < contenders.length; k++) {
+        const c = (round + k) % contenders.length;
+        collectGarbage();
+        runs[c]!.push(await contenders[c]!());
+      }
     }
-  }
-  raw.close();
+    return runs;
+  };
+  const [e2eRuns, rawRuns, wsRuns] = (await raceRounds([
+    () => timed('e2e fan-out', server.wsUrl, fanStream()),
+    () => timed('raw fan-out', rawFan.url, 'raw'),
+    () => timed('ws fan-out', viaWs.url, fanStream()),
+  ])) as [Run[], Run[], Run[]];
+  const [ownRuns, rawOwnRuns, wsOwnRuns] = (await raceRounds([
+    () => timed('e2e own streams', server.wsUrl),
+    () => timed('raw own streams', rawOwn.url),
+    () => timed('ws own streams', viaWs.url),
+  ])) as [Run[], Run[], Run[]];
+  rawOwn.close();
+  rawFan.close();
   await viaWs.close();
-  const [e2eRates, rawRates, wsRates] = rates as [number[], number[], number[]];
-  const vsRaw = e2eRates.map((r, i) => r / rawRates[i]!);
-  const vsWs = e2eRates.map((r, i) => r / wsRates[i]!);
-  if (debug) console.error(`per round: vs raw ${vsRaw.map((x) => x.toFixed(3)).join(' ')}; vs ws ${vsWs.map((x) => x.toFixed(3)).join(' ')}`);
+  const ratios = (a: Run[], b: Run[], f: (r: Run) => number): number[] => a.map((r, i) => f(r) / f(b[i]!));
+  const vsRaw = ratios(e2eRuns, rawRuns, rate);
+  const vsWs = ratios(e2eRuns, wsRuns, rate);
+  const cpuVsWs = ratios(wsRuns, e2eRuns, serverNs);
+  const ownVsRaw = ratios(ownRuns, rawOwnRuns, rate);
+  const ownVsWs = ratios(ownRuns, wsOwnRuns, rate);
+  if (debug) {
+    const show = (xs: number[]): string => xs.map((x) => x.toFixed(3)).join(' ');
+    console.error(`per round, fan-out: vs raw ${show(vsRaw)}; vs ws ${show(vsWs)}; server cpu, ws / e2e ${show(cpuVsWs)}`);
+    console.error(`per round, own streams: vs raw ${show(ownVsRaw)}; vs ws ${show(ownVsWs)}`);
+  }
 
   // 1,000 held sockets, each subscribed to one ticking stream.
   const ticking = host.stream('synthetic', 'tick', {}, { id: 'ticking' });
@@ -551,18 +707,31 @@ export async function benchWs(): Promise<Record<string, number>> {
     await sluice.close();
   }
 
+  const fixed = (x: number): number => Number(x.toFixed(3));
+  const ns = (runs: Run[]): number => Math.round(median(runs.map(serverNs)));
   return {
-    ws_e2e_chunks_per_s: Math.round(median(e2eRates)),
-    ws_raw_uws_chunks_per_s: Math.round(median(rawRates)),
-    ws_ws_host_chunks_per_s: Math.round(median(wsRates)),
-    ws_e2e_chunks_per_frame: chunksPerFrame,
+    ws_e2e_vs_raw_uws: fixed(median(vsRaw)),
+    ws_e2e_vs_ws_host: fixed(median(vsWs)),
+    ws_e2e_vs_raw_uws_min: fixed(Math.min(...vsRaw)),
+    ws_e2e_vs_raw_uws_max: fixed(Math.max(...vsRaw)),
+    ws_e2e_vs_ws_host_min: fixed(Math.min(...vsWs)),
+    ws_e2e_vs_ws_host_max: fixed(Math.max(...vsWs)),
+    ws_e2e_chunks_per_s: Math.round(median(e2eRuns.map(rate))),
+    ws_raw_uws_chunks_per_s: Math.round(median(rawRuns.map(rate))),
+    ws_ws_host_chunks_per_s: Math.round(median(wsRuns.map(rate))),
+    ws_e2e_chunks_per_frame: fanFrame,
+    ws_e2e_server_ns_per_chunk: ns(e2eRuns),
+    ws_raw_uws_server_ns_per_chunk: ns(rawRuns),
+    ws_ws_host_server_ns_per_chunk: ns(wsRuns),
+    ws_e2e_server_cpu_vs_ws_host: fixed(median(cpuVsWs)),
+    ws_own_streams_vs_raw_uws: fixed(median(ownVsRaw)),
+    ws_own_streams_vs_ws_host: fixed(median(ownVsWs)),
+    ws_own_streams_vs_raw_uws_min: fixed(Math.min(...ownVsRaw)),
+    ws_own_streams_vs_raw_uws_max: fixed(Math.max(...ownVsRaw)),
+    ws_own_streams_chunks_per_s: Math.round(median(ownRuns.map(rate))),
+    ws_own_streams_chunks_per_frame: ownFrame,
+    ws_own_streams_server_ns_per_chunk: ns(ownRuns),
     ws_e2e_real_plugin_chunks_per_s: Math.round(median(realRates)),
-    ws_e2e_vs_raw_uws: Number(median(vsRaw).toFixed(3)),
-    ws_e2e_vs_ws_host: Number(median(vsWs).toFixed(3)),
-    ws_e2e_vs_raw_uws_min: Number(Math.min(...vsRaw).toFixed(3)),
-    ws_e2e_vs_raw_uws_max: Number(Math.max(...vsRaw).toFixed(3)),
-    ws_e2e_vs_ws_host_min: Number(Math.min(...vsWs).toFixed(3)),
-    ws_e2e_vs_ws_host_max: Number(Math.max(...vsWs).toFixed(3)),
     clients_1000_connected: connections,
     clients_1000_rss_mib: Number((Math.max(...samples) / MIB).toFixed(1)),
     clients_1000_rss_delta_mib: Number(((Math.max(...samples) - rssBefore) / MIB).toFixed(1)),

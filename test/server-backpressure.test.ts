@@ -80,9 +80,9 @@ test('two clients on one stream at different speeds both get a contiguous sequen
   assert.deepEqual(slow.seqs(9), Array.from({ length: 300 }, (_, i) => i));
 });
 
-test('a subscriber that falls more than the ring behind the fastest gets ERR_SLOW_CONSUMER; the fast one is not slowed', async (t) => {
+test('a subscriber that holds the stream back with a full ring gets ERR_SLOW_CONSUMER after slowConsumerMs; the fast one then goes on', async (t) => {
   const host = new FakeHost();
-  const server = await startTestServer(t, host, { fanout: { chunks: 64, bytes: 8 * MIB } });
+  const server = await startTestServer(t, host, { fanout: { chunks: 64, bytes: 8 * MIB }, slowConsumerMs: 300 });
   const tok = await token({ streams: ['*'] });
   const fast = await rawConnect(t, server, { token: tok });
   fast.send({ type: 'start', sub: 1, plugin: 'counter', action: 'count', params: {}, credit: 0 });
@@ -93,9 +93,13 @@ test('a subscriber that falls more than the ring behind the fastest gets ERR_SLO
   const stopFast = paceReader(fast, 1, 64, 5);
   t.after(stopFast);
   const err = await slow.frame((f) => f.type === 'error' && f.sub === 2, 'slow consumer error', 10_000);
+  // The slow one, 10 chunks in, let the head reach 10 + 64 and no further while it was held.
+  const fastWhenDropped = fast.seqs(1).length;
   assert.equal(err.code, 'ERR_SLOW_CONSUMER');
   assert.equal(err.fatal, true);
+  assert.match(String(err.message), /held stream .* back/);
   assert.deepEqual(slow.seqs(2), Array.from({ length: 10 }, (_, i) => i));
+  assert.ok(fastWhenDropped <= 74 + 64, `the fast reader waited for the slow one: it had ${fastWhenDropped} chunks when the slow one was dropped`);
   const before = fast.seqs(1).length;
   await fast.waitFor((x) => x.seqs(1).length >= before + 500 || undefined, 10_000, 'fast keeps going');
   stopFast();
@@ -103,6 +107,50 @@ test('a subscriber that falls more than the ring behind the fastest gets ERR_SLO
   assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => i));
   const stream = host.streams.get(streamId)!;
   assert.ok(stream.produced <= seqs.length + 64 + 16 + 1, `producer bounded by the fastest reader: produced ${stream.produced}, fast got ${seqs.length}`);
+});
+
+test('ten subscribers of one fast stream, one of them stalling for 200 ms midway, all get every chunk (ring of 64)', async (t) => {
+  const host = new FakeHost();
+  const server = await startTestServer(t, host, { fanout: { chunks: 64, bytes: 8 * MIB }, slowConsumerMs: 2000 });
+  const tok = await token({ streams: ['*'] });
+  const n = 3000;
+  const clients: RawClient[] = [];
+  for (let i = 0; i < 10; i++) clients.push(await rawConnect(t, server, { token: tok }));
+  clients[0]!.send({ type: 'start', sub: 1, plugin: 'counter', action: 'count', params: { n }, credit: 0 });
+  const streamId = String((await clients[0]!.frame((f) => f.type === 'started')).streamId);
+  for (const c of clients.slice(1)) {
+    c.send({ type: 'subscribe', sub: 1, streamId, fromSeq: 0, credit: 0 });
+    await c.frame((f) => f.type === 'started');
+  }
+  // Each returns the credit for a frame as soon as it arrives, except that client 5
+  // stops returning any for 200 ms once it has 500 chunks (a GC pause, a network blip):
+  // far longer than the others need to run a ring ahead.
+  const stall = clients[5]!;
+  let stalled = false;
+  let owed = 0;
+  for (const c of clients) {
+    let received = 0;
+    c.ws.on('message', (data) => {
+      const f = JSON.parse(data.toString()) as { type: string; data?: unknown[] };
+      if (f.type !== 'chunks') return;
+      received += f.data!.length;
+      if (c === stall && received >= 500 && !stalled) {
+        stalled = true;
+        owed = f.data!.length;
+        setTimeout(() => c.send({ type: 'credit', sub: 1, n: owed }), 200);
+        return;
+      }
+      c.send({ type: 'credit', sub: 1, n: f.data!.length });
+    });
+    c.send({ type: 'credit', sub: 1, n: 64 });
+  }
+  const expected = Array.from({ length: n }, (_, i) => i);
+  for (const [i, c] of clients.entries()) {
+    const end = await c.frame((f) => f.type === 'end' || f.type === 'error', `client ${i} end`, 20_000);
+    assert.equal(end.type, 'end', `client ${i}: ${JSON.stringify(end)}`);
+    assert.deepEqual(c.seqs(1), expected, `client ${i} got every chunk once, in order`);
+  }
+  assert.ok(stalled, 'client 5 stalled');
 });
 
 test('a stream with no subscriber left is paused, then cancelled after lingerMs', async (t) => {

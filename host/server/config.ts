@@ -31,10 +31,16 @@ export const SERVER_DEFAULTS = Object.freeze({
   batch: Object.freeze({ chunks: 256, bytes: 64 * KIB }),
   /**
    * Non-durable fan-out: the last `chunks` chunks (at most `bytes`) of each stream are
-   * kept; a subscriber that falls further behind gets ERR_SLOW_CONSUMER, one that
-   * reconnects within it resumes without loss.
+   * kept; one that reconnects within them resumes without loss.
    */
   fanout: Object.freeze({ chunks: 1024, bytes: 8 * MIB }),
+  /**
+   * A subscriber whose unsent chunks fill the fan-out ring holds its stream back for at
+   * most this long, then gets ERR_SLOW_CONSUMER and the others go on. Without it, the
+   * fastest of many equally fast subscribers ran a ring ahead within a millisecond and
+   * the rest were dropped.
+   */
+  slowConsumerMs: 1000,
   /** A non-durable stream with no subscriber for this long is cancelled. */
   lingerMs: 30_000,
   /**
@@ -68,6 +74,7 @@ export const serverConfigSchema = z
     batch: z.object({ chunks: positive, bytes: positive }).strict().optional(),
     fanout: z.object({ chunks: positive, bytes: positive }).strict().optional(),
     lingerMs: nonNegative.optional(),
+    slowConsumerMs: nonNegative.optional(),
     maxCredit: positive.optional(),
     allowedOrigins: z.array(z.string().min(1)).optional(),
     shutdownTimeoutMs: positive.optional(),
@@ -95,6 +102,7 @@ export interface ResolvedServerConfig {
   batch: { chunks: number; bytes: number };
   fanout: { chunks: number; bytes: number };
   lingerMs: number;
+  slowConsumerMs: number;
   maxCredit: number;
   allowedOrigins: readonly string[];
   shutdownTimeoutMs: number;
@@ -129,6 +137,7 @@ export function resolveServerConfig(config: ServerConfig): ResolvedServerConfig 
     batch: { ...(config.batch ?? d.batch) },
     fanout: { ...(config.fanout ?? d.fanout) },
     lingerMs: config.lingerMs ?? d.lingerMs,
+    slowConsumerMs: config.slowConsumerMs ?? d.slowConsumerMs,
     maxCredit: config.maxCredit ?? d.maxCredit,
     allowedOrigins: Object.freeze([...(config.allowedOrigins ?? d.allowedOrigins)]),
     shutdownTimeoutMs: config.shutdownTimeoutMs ?? d.shutdownTimeoutMs,

@@ -41,7 +41,7 @@ export class StreamHub {
     this.#host = host;
     this.#config = config;
     this.#metrics = metrics;
-    this.#fanout = { ring: config.fanout, batch: config.batch, lingerMs: config.lingerMs, scratch: new FrameScratch() };
+    this.#fanout = { ring: config.fanout, batch: config.batch, lingerMs: config.lingerMs, slowConsumerMs: config.slowConsumerMs, scratch: new FrameScratch() };
   }
 
   get host(): ServerHost {
