@@ -101,7 +101,10 @@ export class Engine {
     this.streams = root.openDB<Buffer, string>(TABLES.streams, { encoding: 'binary' });
     this.checkpoints = root.openDB<Buffer, string>(TABLES.checkpoints, { encoding: 'binary' });
     // Not compressed: lmdb's LZ4 halved typical JSON records on disk but made log mode
-    // ~1.7x slower (200k ~1 KiB records of pseudo-words: 2.2-2.7 s vs 1.3-1.5 s).
+    // ~1.7x slower (200k ~1 KiB records of pseudo-words: 2.2-2.7 s vs 1.3-1.5 s). Brotli
+    // at quality 0 on the thread pool (session 4) cut the bytes written from ~200 to ~85 MB
+    // but added ~0.8 s of CPU per 200 MB, on a 2-core machine where log mode already
+    // keeps both cores half busy: no faster (1.06-1.27 s vs 0.83-1.12 s).
     this.log = root.openDB<Buffer, LogKey>(TABLES.log, { encoding: 'binary' });
   }
 
