@@ -2,6 +2,19 @@
  * Per-stream limits. A stream's effective limits are the call's overrides, else the
  * manifest's, else the host defaults, each clamped by the host policy's maximum.
  * 0 means "no limit" only where the policy allows it (policy maximum 0).
+ *
+ * What each counts:
+ * - `memoryMb`: the plugin's heap and external memory in its sandbox (worker: sampled
+ *   from outside its thread; isolate: the isolate's own limit).
+ * - `cpuMs`: CPU time the plugin's code spends, its `finally` and the reading of its
+ *   chunks included.
+ * - `wallMs`: time since the stream started running, that is once its plugin is
+ *   bundled and loaded in a sandbox (status `running`); time queued behind other
+ *   streams and a first load do not count (the load has its own bound).
+ * - `idleMs`: time with no chunk while the plugin holds credit; a paused consumer is
+ *   not idleness.
+ * - `maxBytes`, `maxChunks`, `maxChunkBytes`: output, in chunks and in estimated
+ *   encoded bytes (protocol/chunk.ts).
  */
 import { assertInteger, assertObject, fail } from './assert.js';
 import type { ErrorCode } from './errors.js';
