@@ -27,7 +27,9 @@
  * Then 1,000 sockets held on one server with the server process's RSS. Last,
  * `ws_e2e_real_plugin_chunks_per_s`: 100 clients with streams of their own served by
  * the real host with a real worker plugin making the stand-in's chunks (no baseline, a
- * rate to read beside `ws_own_streams_chunks_per_s`).
+ * rate to read beside `ws_own_streams_chunks_per_s`), and
+ * `ws_e2e_real_plugin_fanout_chunks_per_s`: one such stream fanned out to the 100
+ * clients (chunks delivered, beside `ws_e2e_chunks_per_s`).
  *
  * Export `benchWs()`; run directly with `node dist/bench/ws.js`. Knobs (env):
  * BENCH_WS_CHUNKS (chunks per own stream, default 20000), BENCH_WS_FANOUT_CHUNKS
@@ -690,15 +692,26 @@ export async function benchWs(): Promise<Record<string, number>> {
   // the stand-in's chunks) -> the real host -> the server -> the same 100 clients. The
   // sandbox pool runs two streams at a time and queues the rest, so this is the host's
   // data path and the server together; one warm-up, then the median of ROUNDS runs.
+  // Then the same plugin fanned out: one real stream, the 100 clients subscribed to it.
   const sluice = await Sluice.open({ plugins: REAL_PLUGINS, isolates: false, logger: false });
   const realRates: number[] = [];
+  const realFanRates: number[] = [];
   try {
     const realServer = await startServer(asServerHost(sluice), { host: '127.0.0.1', port: 0, secret: SECRET, maxConnections: 5000, idleTimeoutMs: 0, rateLimit: { burst: 1000, perSecond: 10_000 } });
+    let realFanouts = 0;
+    const realFanStream = (): string => {
+      const id = `real-fanout-${realFanouts++}`;
+      sluice.stream('synthetic', 'emit', { n: FANOUT_CHUNKS }, { id });
+      return id;
+    };
     try {
       await runLoad(realServer.wsUrl, token);
+      await runLoad(realServer.wsUrl, token, realFanStream());
       for (let round = 0; round < ROUNDS; round++) {
         collectGarbage();
         realRates.push(rate(await timed('real plugin', realServer.wsUrl)));
+        collectGarbage();
+        realFanRates.push(rate(await timed('real plugin fan-out', realServer.wsUrl, realFanStream())));
       }
     } finally {
       await realServer.close();
@@ -732,6 +745,7 @@ export async function benchWs(): Promise<Record<string, number>> {
     ws_own_streams_chunks_per_frame: ownFrame,
     ws_own_streams_server_ns_per_chunk: ns(ownRuns),
     ws_e2e_real_plugin_chunks_per_s: Math.round(median(realRates)),
+    ws_e2e_real_plugin_fanout_chunks_per_s: Math.round(median(realFanRates)),
     clients_1000_connected: connections,
     clients_1000_rss_mib: Number((Math.max(...samples) / MIB).toFixed(1)),
     clients_1000_rss_delta_mib: Number(((Math.max(...samples) - rssBefore) / MIB).toFixed(1)),
