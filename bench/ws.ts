@@ -49,7 +49,7 @@
  * A 4x lead over `ws` needs a server-bound run that these two cores cannot give.
  *
  * The stand-in (SyntheticStream) models HostStream's consumer side: batches of 128
- * produced against a 256-chunk credit window, arriving a macrotask after the credit,
+ * produced against a 512-chunk credit window, arriving a macrotask after the credit,
  * data objects made on arrival, `{ seq, data }` made and credit returned on take. Its
  * `next()` costs ~125-150 ns per chunk in isolation (the earlier stand-in, which made
  * each chunk inside `next()`, cost ~70: chunks that wait in a batch survive a scavenge,
@@ -114,13 +114,13 @@ const collectGarbage: () => void = (() => {
 
 // ---- a synthetic host: the plugin stand-in ------------------------------------------
 
-/** HostStream's defaults: a window of 256 chunks, batches of half a window (sandbox/driver.ts). */
-const STANDIN_WINDOW = 256;
+/** HostStream's defaults: a window of 512 chunks, batches of half a window (sandbox/driver.ts). */
+const STANDIN_WINDOW = 512;
 const STANDIN_BATCH = STANDIN_WINDOW / 2;
 
 /**
  * A plugin that yields ready chunks, seen through a HostStream-shaped queue: the
- * "sandbox" produces only against credit (a window of 256), its batches of 128 arrive
+ * "sandbox" produces only against credit (a window of 512), its batches of 256 arrive
  * one macrotask after the credit that allowed them (a MessagePort message), each
  * chunk's data is a fresh object made on arrival (what deserialisation costs), and the
  * consumer's take wraps it in `{ seq, data }` and returns credit at half a window, as
