@@ -21,7 +21,7 @@
  *   `serialization: 'advanced'` IPC (what the isolate sandbox's processes use) and
  *   length-prefixed frames on stdout. Which one won is printed and reported as
  *   `raw_pipe_is_stdout` (1) or not (0).
- * - `credit_window_vs_unbounded`: the worker stream with the default window (512 chunks, 1 MiB)
+ * - `credit_window_vs_unbounded`: the worker stream with a 256-chunk window (the issue's; the default is 512 since session 4, `credit_window_default_vs_unbounded`)
  *   vs a window so large it never binds (MAX_WINDOW_CHUNKS / MAX_WINDOW_BYTES).
  * - `first_chunk_*_ms`: tinybench, 200 iterations from a warm pool (plugin bundled and
  *   loaded on every thread, threads started): the time from `host.stream()` to the
@@ -61,6 +61,8 @@ const FIRST_CHUNK_WARMUP = 20;
 const RSS_SAMPLE_MS = 25;
 /** The batch the driver sends when credit does not bind: its chunk or byte cap, whichever comes first. */
 const RAW_BATCH = Math.min(MAX_BATCH_CHUNKS, Math.floor(MAX_BATCH_BYTES / CHUNK_BYTES));
+/** The issue's `credit_window_vs_unbounded` is "window 256 vs no flow control"; the default is 512 since session 4. */
+const WINDOW_256: Window = { ...DEFAULT_WINDOW, chunks: 256 };
 const WINDOWED: Window = DEFAULT_WINDOW;
 const UNBOUNDED: Window = { chunks: MAX_WINDOW_CHUNKS, bytes: MAX_WINDOW_BYTES };
 const ISOLATE_PROBE_TIMEOUT_MS = 30_000;
@@ -333,15 +335,18 @@ export async function benchCore(): Promise<Record<string, number>> {
     log(`worker ${figures.worker_chunks_per_s}/s, raw MessagePort ${figures.raw_chunks_per_s}/s (ratio per round: ${ratios(worker.ms, raw.ms)})`);
     log(`raw task running the plugin's own generator ${figures.raw_same_plugin_chunks_per_s}/s (worker ratio per round: ${ratios(worker.ms, rawPlugin.ms)})`);
 
+    const window256: Contender = { name: 'window 256', ms: [], run: () => hostRun(host, 'worker', CHUNKS, WINDOW_256) };
     const windowed: Contender = { name: `window ${WINDOWED.chunks}`, ms: [], run: () => hostRun(host, 'worker', CHUNKS, WINDOWED) };
     const unboundedRss = new RssGrowth();
     const unbounded: Contender = { name: 'unbounded', ms: [], run: () => hostRun(host, 'worker', CHUNKS, UNBOUNDED, unboundedRss) };
-    await race([windowed, unbounded], ROUNDS);
-    figures.credit_window_vs_unbounded = round3(medianRatio(windowed.ms, unbounded.ms));
+    await race([window256, windowed, unbounded], ROUNDS);
+    figures.credit_window_vs_unbounded = round3(medianRatio(window256.ms, unbounded.ms));
+    figures.credit_window_default_vs_unbounded = round3(medianRatio(windowed.ms, unbounded.ms));
     figures.unbounded_chunks_per_s = perS(CHUNKS, unbounded.ms);
     figures.worker_rss_growth_mb = round3(rss.growth / MB);
     figures.unbounded_rss_growth_mb = round3(unboundedRss.growth / MB);
-    log(`window ${WINDOWED.chunks} ${perS(CHUNKS, windowed.ms)}/s vs unbounded ${figures.unbounded_chunks_per_s}/s (ratio per round: ${ratios(windowed.ms, unbounded.ms)}); RSS growth ${figures.worker_rss_growth_mb} MB windowed, ${figures.unbounded_rss_growth_mb} MB unbounded`);
+    log(`window 256 ${perS(CHUNKS, window256.ms)}/s vs unbounded ${figures.unbounded_chunks_per_s}/s (ratio per round: ${ratios(window256.ms, unbounded.ms)})`);
+    log(`window ${WINDOWED.chunks} (the default) ${perS(CHUNKS, windowed.ms)}/s (ratio to unbounded per round: ${ratios(windowed.ms, unbounded.ms)}); RSS growth ${figures.worker_rss_growth_mb} MB windowed, ${figures.unbounded_rss_growth_mb} MB unbounded`);
 
     const workerFirst = await firstChunk(host, 'worker');
     figures.first_chunk_p50_ms = round3(workerFirst.p50);
