@@ -19,9 +19,10 @@ export interface Window {
 
 /**
  * 512 chunks / 1 MiB. The driver sends a batch per half window, so 512 makes batches of
- * 256 chunks (of 1 KiB chunks, the driver's 256 KiB batch cap): with 256, 1 KiB chunks
- * went in batches of 128 and the stream ran at ~0.83-0.90 of an unbounded window, with
- * 512 at ~0.97-1.05 (session 4, worker sandbox, 200k chunks, three alternated runs).
+ * 256 chunks (for 1 KiB chunks, the driver's 256 KiB batch cap), half the batch and
+ * credit messages per chunk of a 256 window. The gain is within this machine's noise:
+ * three alternated runs (worker sandbox, 200k chunks) put 512 at 0.97-1.05 of an
+ * unbounded window and 256 at 0.83-1.05; the full bench run after had both at 0.94.
  */
 export const DEFAULT_WINDOW: Readonly<Window> = Object.freeze({ chunks: 512, bytes: 1024 * 1024 });
 export const MAX_WINDOW_CHUNKS = 1 << 20;
