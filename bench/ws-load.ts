@@ -85,11 +85,13 @@ async function load(): Promise<void> {
 
 async function hold(): Promise<void> {
   const sockets: WebSocket[] = [];
+  let started = 0;
+  // Should the parent time out, stderr (inherited) says how far this got.
+  const progress = setInterval(() => process.stderr.write(`ws-load hold: ${sockets.length} open, ${started} started of ${spec.clients}\n`), 5000);
   // Open in slices so the accept queue is not flooded.
   for (let i = 0; i < spec.clients; i += 100) {
     sockets.push(...(await Promise.all(Array.from({ length: Math.min(100, spec.clients - i) }, () => open()))));
   }
-  let started = 0;
   await new Promise<void>((resolve) => {
     for (const ws of sockets) {
       let seen = false;
@@ -102,6 +104,7 @@ async function hold(): Promise<void> {
       ws.send(JSON.stringify({ type: 'subscribe', sub: 1, streamId: spec.streamId, credit: 4 }));
     }
   });
+  clearInterval(progress);
   process.stdout.write(`${JSON.stringify({ open: sockets.length })}\n`);
   process.stdin.resume();
   process.stdin.on('end', () => {

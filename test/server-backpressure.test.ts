@@ -80,9 +80,9 @@ test('two clients on one stream at different speeds both get a contiguous sequen
   assert.deepEqual(slow.seqs(9), Array.from({ length: 300 }, (_, i) => i));
 });
 
-test('a subscriber that holds the stream back with a full ring gets ERR_SLOW_CONSUMER after slowConsumerMs; the fast one then goes on', async (t) => {
+test('a subscriber that holds the stream back with a full ring gets ERR_SLOW_CONSUMER after slowConsumerMs; meanwhile the fast one waits, then goes on', async (t) => {
   const host = new FakeHost();
-  const server = await startTestServer(t, host, { fanout: { chunks: 64, bytes: 8 * MIB }, slowConsumerMs: 300 });
+  const server = await startTestServer(t, host, { fanout: { chunks: 64, bytes: 8 * MIB }, slowConsumerMs: 400 });
   const tok = await token({ streams: ['*'] });
   const fast = await rawConnect(t, server, { token: tok });
   fast.send({ type: 'start', sub: 1, plugin: 'counter', action: 'count', params: {}, credit: 0 });
@@ -92,16 +92,19 @@ test('a subscriber that holds the stream back with a full ring gets ERR_SLOW_CON
   await slow.frame((f) => f.type === 'started');
   const stopFast = paceReader(fast, 1, 64, 5);
   t.after(stopFast);
+  // The slow one, 10 chunks in and granting no more, lets the head reach 10 + 64 and no further.
+  await fast.waitFor((x) => x.seqs(1).length >= 74 || undefined, 10_000, 'fast reaches the ring');
+  const heldAt = performance.now();
+  await sleep(200);
+  assert.equal(fast.seqs(1).length, 74, 'the fast reader waits while the slow one holds the stream');
   const err = await slow.frame((f) => f.type === 'error' && f.sub === 2, 'slow consumer error', 10_000);
-  // The slow one, 10 chunks in, let the head reach 10 + 64 and no further while it was held.
-  const fastWhenDropped = fast.seqs(1).length;
+  const heldFor = performance.now() - heldAt;
   assert.equal(err.code, 'ERR_SLOW_CONSUMER');
   assert.equal(err.fatal, true);
   assert.match(String(err.message), /held stream .* back/);
+  assert.ok(heldFor >= 300, `dropped after about slowConsumerMs, not at once: ${heldFor.toFixed(0)} ms`);
   assert.deepEqual(slow.seqs(2), Array.from({ length: 10 }, (_, i) => i));
-  assert.ok(fastWhenDropped <= 74 + 64, `the fast reader waited for the slow one: it had ${fastWhenDropped} chunks when the slow one was dropped`);
-  const before = fast.seqs(1).length;
-  await fast.waitFor((x) => x.seqs(1).length >= before + 500 || undefined, 10_000, 'fast keeps going');
+  await fast.waitFor((x) => x.seqs(1).length >= 74 + 500 || undefined, 10_000, 'fast goes on');
   stopFast();
   const seqs = fast.seqs(1);
   assert.deepEqual(seqs, Array.from({ length: seqs.length }, (_, i) => i));
@@ -109,7 +112,7 @@ test('a subscriber that holds the stream back with a full ring gets ERR_SLOW_CON
   assert.ok(stream.produced <= seqs.length + 64 + 16 + 1, `producer bounded by the fastest reader: produced ${stream.produced}, fast got ${seqs.length}`);
 });
 
-test('ten subscribers of one fast stream, one of them stalling for 200 ms midway, all get every chunk (ring of 64)', async (t) => {
+test('ten subscribers of one fast stream, one of them stalling for 300 ms midway, all get every chunk (ring of 64): the others wait for it', async (t) => {
   const host = new FakeHost();
   const server = await startTestServer(t, host, { fanout: { chunks: 64, bytes: 8 * MIB }, slowConsumerMs: 2000 });
   const tok = await token({ streams: ['*'] });
@@ -123,21 +126,29 @@ test('ten subscribers of one fast stream, one of them stalling for 200 ms midway
     await c.frame((f) => f.type === 'started');
   }
   // Each returns the credit for a frame as soon as it arrives, except that client 5
-  // stops returning any for 200 ms once it has 500 chunks (a GC pause, a network blip):
-  // far longer than the others need to run a ring ahead.
+  // returns none for 300 ms once it has 500 chunks (a GC pause, a network blip), then
+  // all it owes: far longer than the others need to run a ring ahead of it.
   const stall = clients[5]!;
+  let stalling = false;
   let stalled = false;
   let owed = 0;
+  let othersAtStallEnd = 0;
   for (const c of clients) {
     let received = 0;
     c.ws.on('message', (data) => {
       const f = JSON.parse(data.toString()) as { type: string; data?: unknown[] };
       if (f.type !== 'chunks') return;
       received += f.data!.length;
-      if (c === stall && received >= 500 && !stalled) {
-        stalled = true;
-        owed = f.data!.length;
-        setTimeout(() => c.send({ type: 'credit', sub: 1, n: owed }), 200);
+      if (c === stall && (stalling || (received >= 500 && !stalled))) {
+        owed += f.data!.length;
+        if (!stalling) {
+          stalling = stalled = true;
+          setTimeout(() => {
+            othersAtStallEnd = Math.max(...clients.filter((x) => x !== stall).map((x) => x.seqs(1).length));
+            stalling = false;
+            c.send({ type: 'credit', sub: 1, n: owed });
+          }, 300);
+        }
         return;
       }
       c.send({ type: 'credit', sub: 1, n: f.data!.length });
@@ -151,6 +162,33 @@ test('ten subscribers of one fast stream, one of them stalling for 200 ms midway
     assert.deepEqual(c.seqs(1), expected, `client ${i} got every chunk once, in order`);
   }
   assert.ok(stalled, 'client 5 stalled');
+  assert.ok(othersAtStallEnd <= 500 + 64 + 64, `the others waited for the stalled one: they had ${othersAtStallEnd} chunks when it went on after 500`);
+  const metrics = await http(server, 'GET', '/metrics');
+  assert.match(metrics.text, /sluice_server_slow_consumers_total 0\b/);
+});
+
+test('a subscriber slower than the others but never stalled is not dropped: the stream goes at its pace', async (t) => {
+  const host = new FakeHost();
+  const server = await startTestServer(t, host, { fanout: { chunks: 64, bytes: 8 * MIB }, slowConsumerMs: 300 });
+  const tok = await token({ streams: ['*'] });
+  const fast = await rawConnect(t, server, { token: tok });
+  fast.send({ type: 'start', sub: 1, plugin: 'counter', action: 'count', params: { n: 600 }, credit: 0 });
+  const streamId = String((await fast.frame((f) => f.type === 'started')).streamId);
+  const slow = await rawConnect(t, server, { token: tok });
+  slow.send({ type: 'subscribe', sub: 9, streamId, fromSeq: 0, credit: 0 });
+  await slow.frame((f) => f.type === 'started');
+  // ~1,000 chunks/s: 600 chunks take ~0.6 s, twice slowConsumerMs, but it never stops for long.
+  const stop = paceReader(slow, 9, 20, 20);
+  t.after(stop);
+  fast.send({ type: 'credit', sub: 1, n: 1000 });
+  await fast.frame((f) => f.type === 'end', 'fast end', 10_000);
+  assert.ok(slow.seqs(9).length >= 600 - 64 - 20, `the fast reader was held within a ring of the slow one: slow had ${slow.seqs(9).length} at the end`);
+  await slow.frame((f) => f.type === 'end' || f.type === 'error', 'slow end', 10_000);
+  stop();
+  assert.deepEqual(slow.seqs(9), Array.from({ length: 600 }, (_, i) => i));
+  assert.deepEqual(fast.seqs(1), Array.from({ length: 600 }, (_, i) => i));
+  const metrics = await http(server, 'GET', '/metrics');
+  assert.match(metrics.text, /sluice_server_slow_consumers_total 0\b/);
 });
 
 test('a stream with no subscriber left is paused, then cancelled after lingerMs', async (t) => {

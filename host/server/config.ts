@@ -35,10 +35,10 @@ export const SERVER_DEFAULTS = Object.freeze({
    */
   fanout: Object.freeze({ chunks: 1024, bytes: 8 * MIB }),
   /**
-   * A subscriber whose unsent chunks fill the fan-out ring holds its stream back for at
-   * most this long, then gets ERR_SLOW_CONSUMER and the others go on. Without it, the
-   * fastest of many equally fast subscribers ran a ring ahead within a millisecond and
-   * the rest were dropped.
+   * A subscriber whose unsent chunks fill the fan-out ring holds its stream back; once it
+   * has done so this long without sending anything, it gets ERR_SLOW_CONSUMER and the
+   * others go on (0: at once). Until then the stream waits for it, so readers of equal
+   * speed, a few frames apart, all keep up, and a brief stall is forgiven.
    */
   slowConsumerMs: 1000,
   /** A non-durable stream with no subscriber for this long is cancelled. */

@@ -12,15 +12,18 @@
  * it has less than half the ring's bytes unsent. With no such subscriber the loop
  * stops calling `next()`, the host stops returning credit to the sandbox, and the
  * plugin's `yield` blocks: a slow socket pauses the plugin. The fastest subscriber
- * sets the pace, but the head never evicts a chunk a subscriber has yet to send: a
- * subscriber whose unsent part fills the ring (a ring's worth of chunks, or half its
- * bytes) holds the stream back, for at most `slowConsumerMs`; then it is dropped with
- * ERR_SLOW_CONSUMER and the others go on. So subscribers that read at the same speed,
- * a few frames apart, all keep up (with "fastest paces, the rest must stay within the
- * ring", 100 equally fast clients lost 84 of their number within the first few
- * thousand chunks: a 1024-chunk ring is half a millisecond at 2M chunks/s), while a
- * stalled one costs the others a bounded pause. Memory per stream is bounded by the
- * ring, whatever the mix of clients.
+ * sets the pace, but the head never evicts a chunk a subscriber has yet to send (a
+ * ring's worth of chunks past its cursor, and not while its unsent chunks take half the
+ * ring's bytes; pull rounds stay within a quarter of them). When that stops the head,
+ * the subscribers whose unsent chunks fill the ring hold the stream back; one that
+ * holds it for `slowConsumerMs` without sending anything meanwhile is dropped with
+ * ERR_SLOW_CONSUMER and the others go on. So the stream goes at the pace of its
+ * slowest subscriber that keeps reading, and a stalled one costs the others a bounded
+ * pause. With "fastest paces, the rest must stay within the ring", as before session
+ * 4, 100 equally fast clients lost 84 of their number within the first few thousand
+ * chunks: a 1024-chunk ring is half a millisecond at 2M chunks/s. Readers that must
+ * not wait for each other want a durable stream (each reads the log at its own pace).
+ * Memory per stream is bounded by the ring, whatever the mix of clients.
  *
  * The ring also lets a client that lost its connection come back within the ring and
  * resume without loss. A stream with no subscriber for `lingerMs` is cancelled; a
@@ -63,6 +66,8 @@ export class Broadcast {
   #ended: EndInfo | undefined;
   #linger: NodeJS.Timeout | undefined;
   #holdCheck: NodeJS.Timeout | undefined;
+  /** Subscribers with `holdingSince` set. */
+  #holders = 0;
   readonly #subs = new Set<FanoutSubscription>();
   readonly #onProgress = (p: Progress): void => {
     for (const s of this.#subs) s.progress(p);
@@ -119,6 +124,7 @@ export class Broadcast {
   /** @internal */
   remove(s: FanoutSubscription): void {
     if (!this.#subs.delete(s)) return;
+    this.#release(s);
     if (this.#subs.size === 0) this.#armLinger();
   }
 
@@ -146,8 +152,10 @@ export class Broadcast {
 
   /**
    * The seq up to which (exclusive) some subscriber wants chunks pulled, held back to
-   * where no subscriber loses a chunk it has yet to send; a subscriber that has held
-   * the stream back for `slowConsumerMs` is dropped here.
+   * where no subscriber loses a chunk it has yet to send. When that stops the head, the
+   * subscribers whose unsent chunks fill the ring are holding the stream back; one that
+   * has done so without a pause (it sent nothing meanwhile) for `slowConsumerMs` is
+   * dropped here.
    */
   #demandLimit(): number {
     const ring = this.#ring;
@@ -155,37 +163,63 @@ export class Broadcast {
     if (this.#drainOutcome) return next + 1;
     let want = next;
     const ringChunks = this.#limits.ring.chunks;
-    const maxUnsent = this.#limits.ring.bytes / 2;
     for (const s of this.#subs) {
       if (!s.outlet.writable || s.credit === 0) continue;
       // Never pull further ahead of a subscriber than the ring keeps, whatever its credit.
       const w = s.cursor + Math.min(s.credit, ringChunks);
-      if (w <= want) continue;
-      if (ring.endByte - ring.startOf(s.cursor) >= maxUnsent) continue;
-      want = w;
+      if (w > want && this.#reach(s) > next) want = w;
     }
-    if (want <= next) return next;
-    // How far each subscriber lets the head go without evicting what it has yet to send.
     let limit = want;
-    let now = 0;
+    if (want > next) {
+      for (const s of this.#subs) {
+        const reach = this.#reach(s);
+        if (reach < limit) limit = reach;
+      }
+    }
+    if (limit > next || want <= next) {
+      // The head moves, or nobody wants it to: nobody is holding it back.
+      if (this.#holders > 0) this.#releaseHolds();
+      return Math.max(limit, next);
+    }
+    const now = performance.now();
     let expired: FanoutSubscription[] | undefined;
     for (const s of this.#subs) {
-      const reach = ring.endByte - ring.startOf(s.cursor) >= maxUnsent ? next : s.cursor + ringChunks;
-      if (reach >= want) {
-        s.holdingSince = undefined;
-        continue;
+      if (this.#reach(s) > next) {
+        this.#release(s);
+      } else if (s.holdingSince === undefined) {
+        s.holdingSince = now;
+        this.#holders++;
+      } else if (now - s.holdingSince >= this.#limits.slowConsumerMs) {
+        (expired ??= []).push(s);
       }
-      now ||= performance.now();
-      s.holdingSince ??= now;
-      if (now - s.holdingSince >= this.#limits.slowConsumerMs) (expired ??= []).push(s);
-      else if (reach < limit) limit = reach;
     }
     if (expired !== undefined) {
       for (const s of expired) s.slow(true);
       return this.#demandLimit();
     }
-    if (limit <= next) this.#armHoldCheck();
-    return limit;
+    this.#armHoldCheck();
+    return next;
+  }
+
+  /**
+   * How far `s` lets the head go without evicting a chunk it has yet to send: a ring's
+   * worth of chunks past its cursor, and nowhere while its unsent chunks take half the
+   * ring's bytes (a pull round then still fits in the other half).
+   */
+  #reach(s: FanoutSubscription): number {
+    const ring = this.#ring;
+    if (ring.endByte - ring.startOf(s.cursor) >= this.#limits.ring.bytes / 2) return ring.nextSeq;
+    return s.cursor + this.#limits.ring.chunks;
+  }
+
+  #release(s: FanoutSubscription): void {
+    if (s.holdingSince === undefined) return;
+    s.holdingSince = undefined;
+    this.#holders--;
+  }
+
+  #releaseHolds(): void {
+    for (const s of this.#subs) this.#release(s);
   }
 
   /** Look again when the oldest hold expires: nothing else may wake a stream a stalled subscriber holds. */
@@ -213,6 +247,9 @@ export class Broadcast {
   async #pullLoop(): Promise<void> {
     const { chunks: roundChunks, bytes: batchBytes } = this.#limits.batch;
     const ring = this.#ring;
+    // Every subscriber's unsent chunks take less than half the ring's bytes (#reach): a
+    // round within a quarter of them evicts none of them, even overshooting it twice.
+    const roundBytes = Math.min(ROUND_BATCHES * batchBytes, this.#limits.ring.bytes / 4);
     try {
       for (;;) {
         // Pull at most one round (a batch's worth), then let the flush send it, so a socket
@@ -220,12 +257,13 @@ export class Broadcast {
         const limit = Math.min(this.#demandLimit(), ring.nextSeq + roundChunks);
         if (limit <= ring.nextSeq) break;
         const roundStart = ring.pushedSize;
-        while (ring.nextSeq < limit && ring.pushedSize - roundStart < ROUND_BATCHES * batchBytes) {
+        while (ring.nextSeq < limit && ring.pushedSize - roundStart < roundBytes) {
           const it = this.#it;
           if (it === undefined || this.#ended !== undefined) return;
-          // What the host already holds comes without a promise per chunk; in slices, so
-          // the round's byte bound is checked every TAKE_CHUNKS chunks.
-          const taken = this.#stream.takeBuffered?.(Math.min(limit - ring.nextSeq, TAKE_CHUNKS, this.#limits.ring.chunks));
+          // What the host already holds comes without a promise per chunk; in slices sized
+          // by the chunks kept so far, so a slice of large chunks does not overrun the round.
+          const slice = this.#sliceChunks(roundBytes - (ring.pushedSize - roundStart));
+          const taken = this.#stream.takeBuffered?.(Math.min(limit - ring.nextSeq, slice, this.#limits.ring.chunks));
           if (taken !== undefined && taken.length > 0) {
             this.#pushMany(taken);
             continue;
@@ -248,6 +286,15 @@ export class Broadcast {
       this.#pulling = false;
       this.#scheduleFlush();
     }
+  }
+
+  /** Chunks of the ring's average size that fit in `bytes` (1 to TAKE_CHUNKS; 1 before any is kept). */
+  #sliceChunks(bytes: number): number {
+    const ring = this.#ring;
+    const kept = ring.committedSeq - ring.baseSeq;
+    if (kept === 0) return 1;
+    const average = (ring.endByte - ring.startOf(ring.baseSeq)) / kept;
+    return Math.max(1, Math.min(TAKE_CHUNKS, Math.floor(bytes / Math.max(1, average))));
   }
 
   #push(chunk: Chunk<ChunkData>): void {
