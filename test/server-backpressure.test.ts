@@ -191,6 +191,31 @@ test('a subscriber slower than the others but never stalled is not dropped: the 
   assert.match(metrics.text, /sluice_server_slow_consumers_total 0\b/);
 });
 
+test('chunks large against the ring\'s bytes: pull rounds stay within them, so two readers get everything and nobody is dropped', async (t) => {
+  const host = new FakeHost();
+  // 256 KiB of ring; before rounds were bounded by it, a round of 2 KiB chunks (up to 4 x 64 KiB plus a slice of 64 chunks) evicted chunk 0 under both readers.
+  const server = await startTestServer(t, host, { fanout: { chunks: 1024, bytes: 256 * 1024 } });
+  const tok = await token({ streams: ['*'] });
+  const a = await rawConnect(t, server, { token: tok });
+  a.send({ type: 'start', sub: 1, plugin: 'counter', action: 'count', params: { n: 1000, size: 2048 }, credit: 0 });
+  const streamId = String((await a.frame((f) => f.type === 'started')).streamId);
+  const b = await rawConnect(t, server, { token: tok });
+  b.send({ type: 'subscribe', sub: 1, streamId, fromSeq: 0, credit: 0 });
+  await b.frame((f) => f.type === 'started');
+  for (const c of [a, b]) {
+    c.ws.on('message', (data) => {
+      const f = JSON.parse(data.toString()) as { type: string; data?: unknown[] };
+      if (f.type === 'chunks') c.send({ type: 'credit', sub: 1, n: f.data!.length });
+    });
+    c.send({ type: 'credit', sub: 1, n: 1024 });
+  }
+  for (const c of [a, b]) {
+    const end = await c.frame((f) => f.type === 'end' || f.type === 'error', 'end', 20_000);
+    assert.equal(end.type, 'end', JSON.stringify(end).slice(0, 300));
+    assert.deepEqual(c.seqs(1), Array.from({ length: 1000 }, (_, i) => i));
+  }
+});
+
 test('a stream with no subscriber left is paused, then cancelled after lingerMs', async (t) => {
   const host = new FakeHost();
   const server = await startTestServer(t, host, { lingerMs: 300 });
