@@ -516,8 +516,7 @@ class WsFanout {
     }
     if (buffered.length > 0) {
       const { text } = encodeChunksJson(buffered.map((c) => c.data));
-      const json = `{"type":"chunks","sub":1,"seq":${buffered[0]!.seq},"data":[${text.slice(0, -1)}]}`;
-      this.#frames.push({ bytes: Buffer.from(json), count: buffered.length });
+      this.#frames.push({ bytes: Buffer.from(chunksFrameText(1, buffered[0]!.seq, [text.slice(0, -1)])), count: buffered.length });
     }
     this.#pulling = false;
     for (const m of this.#members) this.#pump(m);

@@ -194,25 +194,40 @@ test('SIGKILL at random moments, 20 times: after each restart and resume a reade
   assertContiguous(await readAll(host, 'crash'), total);
 });
 
+/**
+ * A host on `dir` (holding its lock) with a finished 5-chunk log stream; destroyed after
+ * the test unless `close` was called.
+ */
+async function hostWithLog(t: TestContext, dir: string): Promise<{ host: Sluice; id: string; close(): Promise<void> }> {
+  const host = await Sluice.open({ dataDir: dir, isolates: false, logger: false });
+  let closed = false;
+  t.after(() => (closed ? undefined : host.destroy()));
+  const s = host.stream(P, 'count', { to: 5 }, { ...W, durability: 'log' });
+  assertContiguous(await readAll(host, s.id), 5);
+  return {
+    host,
+    id: s.id,
+    close: async () => {
+      await host.close();
+      closed = true;
+    },
+  };
+}
+
 test('one host per data folder: a second is ERR_STORE_LOCKED naming the first, inspecting is allowed, closing frees it', async (t) => {
   const dir = await dataDir(t);
-  const first = await Sluice.open({ dataDir: dir, isolates: false, logger: false });
-  let firstClosed = false;
-  t.after(() => (firstClosed ? undefined : first.destroy()));
-  const s = first.stream(P, 'count', { to: 5 }, { ...W, durability: 'log' });
-  assertContiguous(await readAll(first, s.id), 5);
+  const { id, close } = await hostWithLog(t, dir);
   await assert.rejects(Sluice.open({ dataDir: dir, isolates: false, logger: false }), (err: unknown) => {
     const e = err as { code?: string; details?: { pid?: number; hostname?: string } };
     return e.code === 'ERR_STORE_LOCKED' && e.details?.pid === process.pid && e.details.hostname === hostname();
   });
   // Inspection (what `sluice streams ls/show/read` does) takes no lock.
   const store = await Store.open({ path: dir });
-  assert.equal(store.getStream(s.id)?.status, 'done');
+  assert.equal(store.getStream(id)?.status, 'done');
   await store.close();
-  await first.close();
-  firstClosed = true;
+  await close();
   const second = await openHost(t, { dataDir: dir });
-  assertContiguous(await readAll(second, s.id), 5);
+  assertContiguous(await readAll(second, id), 5);
 });
 
 /** `sluice <args>` in a child process, as a user runs it. */
@@ -229,25 +244,20 @@ const staleLock = (pid: number, token: string): string => JSON.stringify({ pid, 
 
 test('`sluice streams rm` is refused while a host runs on the folder (ls is not), and works once it is gone', async (t) => {
   const dir = await dataDir(t);
-  const host = await Sluice.open({ dataDir: dir, isolates: false, logger: false });
-  let closed = false;
-  t.after(() => (closed ? undefined : host.destroy()));
-  const s = host.stream(P, 'count', { to: 5 }, { ...W, durability: 'log' });
-  assertContiguous(await readAll(host, s.id), 5);
-  const refused = await cli(['streams', 'rm', s.id, '--data', dir, '--json']);
+  const { host, id, close } = await hostWithLog(t, dir);
+  const refused = await cli(['streams', 'rm', id, '--data', dir, '--json']);
   assert.equal(refused.code, 1);
   assert.equal(JSON.parse(refused.stdout).error.code, 'ERR_STORE_LOCKED');
-  assertContiguous(await readAll(host, s.id), 5);
+  assertContiguous(await readAll(host, id), 5);
   const listed = await cli(['streams', 'ls', '--data', dir, '--json']);
   assert.equal(listed.code, 0, listed.stderr);
-  assert.match(listed.stdout, new RegExp(s.id));
-  await host.close();
-  closed = true;
-  const removed = await cli(['streams', 'rm', s.id, '--data', dir, '--json']);
+  assert.match(listed.stdout, new RegExp(id));
+  await close();
+  const removed = await cli(['streams', 'rm', id, '--data', dir, '--json']);
   assert.equal(removed.code, 0, removed.stderr);
-  assert.deepEqual(JSON.parse(removed.stdout), { removed: s.id });
+  assert.deepEqual(JSON.parse(removed.stdout), { removed: id });
   const store = await Store.open({ path: dir });
-  assert.equal(store.getStream(s.id), undefined);
+  assert.equal(store.getStream(id), undefined);
   await store.close();
 });
 

@@ -66,8 +66,6 @@ export class Broadcast {
   #ended: EndInfo | undefined;
   #linger: NodeJS.Timeout | undefined;
   #holdCheck: NodeJS.Timeout | undefined;
-  /** Subscribers with `holdingSince` set. */
-  #holders = 0;
   readonly #subs = new Set<FanoutSubscription>();
   readonly #onProgress = (p: Progress): void => {
     for (const s of this.#subs) s.progress(p);
@@ -124,7 +122,6 @@ export class Broadcast {
   /** @internal */
   remove(s: FanoutSubscription): void {
     if (!this.#subs.delete(s)) return;
-    this.#release(s);
     if (this.#subs.size === 0) this.#armLinger();
   }
 
@@ -161,44 +158,29 @@ export class Broadcast {
     const ring = this.#ring;
     const next = ring.nextSeq;
     if (this.#drainOutcome) return next + 1;
-    let want = next;
     const ringChunks = this.#limits.ring.chunks;
+    let want = next;
+    let limit = Infinity;
     for (const s of this.#subs) {
-      if (!s.outlet.writable || s.credit === 0) continue;
+      const reach = this.#reach(s);
+      if (reach < limit) limit = reach;
       // Never pull further ahead of a subscriber than the ring keeps, whatever its credit.
-      const w = s.cursor + Math.min(s.credit, ringChunks);
-      if (w > want && this.#reach(s) > next) want = w;
+      if (reach > next && s.outlet.writable && s.credit > 0) want = Math.max(want, s.cursor + Math.min(s.credit, ringChunks));
     }
-    let limit = want;
-    if (want > next) {
-      for (const s of this.#subs) {
-        const reach = this.#reach(s);
-        if (reach < limit) limit = reach;
-      }
-    }
-    if (limit > next || want <= next) {
-      // The head moves, or nobody wants it to: nobody is holding it back.
-      if (this.#holders > 0) this.#releaseHolds();
-      return Math.max(limit, next);
-    }
-    const now = performance.now();
+    // Someone wants the head to move and it cannot: whoever's unsent chunks fill the ring holds it.
+    const stopped = want > next && limit <= next;
+    const now = stopped ? performance.now() : 0;
     let expired: FanoutSubscription[] | undefined;
     for (const s of this.#subs) {
-      if (this.#reach(s) > next) {
-        this.#release(s);
-      } else if (s.holdingSince === undefined) {
-        s.holdingSince = now;
-        this.#holders++;
-      } else if (now - s.holdingSince >= this.#limits.slowConsumerMs) {
-        (expired ??= []).push(s);
-      }
+      if (!stopped || this.#reach(s) > next) s.holdingSince = undefined;
+      else if ((s.holdingSince ??= now) + this.#limits.slowConsumerMs <= now) (expired ??= []).push(s);
     }
     if (expired !== undefined) {
       for (const s of expired) s.slow(true);
       return this.#demandLimit();
     }
-    this.#armHoldCheck();
-    return next;
+    if (stopped) this.#armHoldCheck();
+    return Math.max(next, Math.min(limit, want));
   }
 
   /**
@@ -210,16 +192,6 @@ export class Broadcast {
     const ring = this.#ring;
     if (ring.endByte - ring.startOf(s.cursor) >= this.#limits.ring.bytes / 2) return ring.nextSeq;
     return s.cursor + this.#limits.ring.chunks;
-  }
-
-  #release(s: FanoutSubscription): void {
-    if (s.holdingSince === undefined) return;
-    s.holdingSince = undefined;
-    this.#holders--;
-  }
-
-  #releaseHolds(): void {
-    for (const s of this.#subs) this.#release(s);
   }
 
   /** Look again when the oldest hold expires: nothing else may wake a stream a stalled subscriber holds. */
