@@ -48,8 +48,8 @@
  * (~150-175 ns per chunk, more than the client spends) binds: ~0.25 of raw, ~1.3x `ws`.
  * A 4x lead over `ws` needs a server-bound run that these two cores cannot give.
  *
- * The stand-in (SyntheticStream) models HostStream's consumer side: batches of 128
- * produced against a 512-chunk credit window, arriving a macrotask after the credit,
+ * The stand-in (SyntheticStream) models HostStream's consumer side: batches of half
+ * the default credit window (at most the driver's batch cap) produced against it, arriving a macrotask after the credit,
  * data objects made on arrival, `{ seq, data }` made and credit returned on take. Its
  * `next()` costs ~125-150 ns per chunk in isolation (the earlier stand-in, which made
  * each chunk inside `next()`, cost ~70: chunks that wait in a batch survive a scavenge,
@@ -79,6 +79,8 @@ import type { AddressInfo, Socket } from 'node:net';
 import { Gauge, Registry } from 'prom-client';
 import { WebSocketServer, type WebSocket as WsSocket } from 'ws';
 import { SluiceError } from '../protocol/errors.js';
+import { DEFAULT_WINDOW } from '../protocol/credit.js';
+import { MAX_BATCH_CHUNKS } from '../sandbox/driver.js';
 import type { Chunk, PluginInfo, ReadEvent, SluiceStream, StreamOptions, StreamResult, StreamStatus, Progress } from '../host/types.js';
 import type { ServerHost, ServerStreamInfo } from '../host/server/types.js';
 import { startServer } from '../host/server/server.js';
@@ -114,13 +116,13 @@ const collectGarbage: () => void = (() => {
 
 // ---- a synthetic host: the plugin stand-in ------------------------------------------
 
-/** HostStream's defaults: a window of 512 chunks, batches of half a window (sandbox/driver.ts). */
-const STANDIN_WINDOW = 512;
-const STANDIN_BATCH = STANDIN_WINDOW / 2;
+/** HostStream's defaults: the default window, batches of half a window up to the driver's cap (sandbox/driver.ts). */
+const STANDIN_WINDOW = DEFAULT_WINDOW.chunks;
+const STANDIN_BATCH = Math.min(MAX_BATCH_CHUNKS, STANDIN_WINDOW / 2);
 
 /**
  * A plugin that yields ready chunks, seen through a HostStream-shaped queue: the
- * "sandbox" produces only against credit (a window of 512), its batches of 256 arrive
+ * "sandbox" produces only against credit (STANDIN_WINDOW), its batches arrive
  * one macrotask after the credit that allowed them (a MessagePort message), each
  * chunk's data is a fresh object made on arrival (what deserialisation costs), and the
  * consumer's take wraps it in `{ seq, data }` and returns credit at half a window, as
