@@ -24,7 +24,12 @@ import type { Chunk, Progress, ReadEvent, SluiceStream, StreamEvents, StreamResu
 
 interface Batch {
   firstSeq: number;
+  /** How many chunks the batch holds. */
+  count: number;
+  /** Every chunk, or with `packed` only those not packed, in order (PackedBytes). */
   chunks: unknown[];
+  /** Next of `chunks` to hand out: chunks are taken in order, packed or not. */
+  nextValue: number;
   bytes: number;
   /** Next chunk index to hand out. */
   pos: number;
@@ -376,19 +381,21 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
       this.#protocolError(`batch starts at seq ${firstSeq}, expected ${this.#expectedSeq}`);
       return;
     }
-    if (!ledger.receive(chunks.length, bytes, largest)) {
+    const count = packed === undefined ? chunks.length : packed.sizes.length;
+    if (!ledger.receive(count, bytes, largest)) {
       this.#protocolError('sandbox sent more than its credit allows');
       return;
     }
-    this.#expectedSeq += chunks.length;
+    this.#expectedSeq += count;
     this.#idleSince = performance.now();
     // A resumed plugin re-produces chunks from its checkpoint; consumers already had those below the tail.
-    const repeats = Math.min(Math.max(this.#tail - firstSeq, 0), chunks.length);
+    const repeats = Math.min(Math.max(this.#tail - firstSeq, 0), count);
     // The rare paths below cut the batch or hand it to the log: they get every chunk as its own value first.
-    if (packed !== undefined && (repeats > 0 || this.#log !== undefined || (limits.maxChunks > 0 && this.#chunks + chunks.length - repeats > limits.maxChunks))) {
+    if (packed !== undefined && (repeats > 0 || this.#log !== undefined || (limits.maxChunks > 0 && this.#chunks + count - repeats > limits.maxChunks))) {
       chunks = unpackChunks(chunks, packed);
       packed = undefined;
     }
+    // From here on `chunks` is every chunk unless the batch is still packed (then `count` of them).
     if (repeats > 0) {
       const repeatBytes = Math.floor((bytes * repeats) / chunks.length);
       this.#returnCredit(repeats, repeatBytes);
@@ -403,19 +410,23 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
       return;
     }
     let accepted = chunks;
+    let taken = packed === undefined ? chunks.length : count;
     let over = false;
-    if (limits.maxChunks > 0 && this.#chunks + chunks.length > limits.maxChunks) {
+    if (limits.maxChunks > 0 && this.#chunks + taken > limits.maxChunks) {
+      // Never packed here: a batch that crosses maxChunks was unpacked above.
       accepted = chunks.slice(0, limits.maxChunks - this.#chunks);
+      taken = accepted.length;
       over = true;
     }
-    if (accepted.length > 0) {
-      this.#chunks += accepted.length;
+    if (taken > 0) {
+      this.#chunks += taken;
       this.#bytes += bytes;
-      this.#tail = firstSeq + accepted.length;
-      this.hooks.batch(this, accepted.length, bytes);
+      this.#tail = firstSeq + taken;
+      this.hooks.batch(this, taken, bytes);
       if (this.#log !== undefined) this.#commit(firstSeq, accepted, bytes);
       else {
-        this.#batches.push({ firstSeq, chunks: accepted, bytes, pos: 0, returned: 0, packed: packed === undefined ? undefined : { bytes: new Uint8Array(packed.buffer), sizes: packed.sizes, offset: 0, own: undefined } });
+        const bytesOf = packed === undefined ? undefined : { bytes: new Uint8Array(packed.buffer), sizes: packed.sizes, offset: 0, own: undefined };
+        this.#batches.push({ firstSeq, count: taken, chunks: accepted, nextValue: 0, bytes, pos: 0, returned: 0, packed: bytesOf });
         this.#wake();
       }
     }
@@ -615,7 +626,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     return chunk;
   }
 
-  /** Chunk `i` of `batch`; packed bytes must be taken in order. */
+  /** Chunk `i` of `batch`; chunks must be taken in order (`nextValue`, `packed.offset`). */
   #dataAt(batch: Batch, i: number): ChunkData {
     const packed = batch.packed;
     if (packed !== undefined) {
@@ -627,7 +638,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
         return data;
       }
     }
-    return batch.chunks[i] as ChunkData;
+    return batch.chunks[batch.nextValue++] as ChunkData;
   }
 
   /**
@@ -636,7 +647,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
    * drop the batch once it is all taken.
    */
   #consumed(batch: Batch, taken: number): void {
-    const total = batch.chunks.length;
+    const total = batch.count;
     batch.pos += taken;
     const last = batch.pos === total;
     const share = last ? batch.bytes - batch.returned : taken * Math.floor(batch.bytes / total);
@@ -730,7 +741,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
       const batch = this.#batches[this.#bi];
       if (batch === undefined) break;
       const from = batch.pos;
-      const stop = Math.min(batch.chunks.length, from + max - out.length);
+      const stop = Math.min(batch.count, from + max - out.length);
       for (let i = from; i < stop; i++) out.push({ seq: batch.firstSeq + i, data: this.#dataAt(batch, i) });
       this.#consumed(batch, stop - from);
     }

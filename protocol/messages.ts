@@ -55,9 +55,11 @@ export type ToSandbox =
 
 export type FromSandbox =
   /**
-   * Chunks `firstSeq .. firstSeq + chunks.length - 1`, in order. `bytes` is their estimated
-   * total size. With `packed`, the byte chunks it lists are in its buffer and have no
-   * value in `chunks`; `parseFromSandbox` gives each its own Uint8Array unless asked to keep the packing.
+   * Chunks `firstSeq .. firstSeq + batchCount(batch) - 1`, in order. `bytes` is their
+   * estimated total size. Without `packed`, `chunks` holds every chunk. With it,
+   * `packed.sizes` has an entry per chunk, the byte chunks it lists are in its buffer,
+   * and `chunks` holds only the others, in order (PackedBytes). `parseFromSandbox` gives
+   * each packed chunk its own Uint8Array, in place, unless asked to keep the packing.
    */
   | { type: 'batch'; firstSeq: number; chunks: unknown[]; bytes: number; largest: number; packed?: PackedBytes }
   | { type: 'progress'; fraction: number; message?: string }
@@ -69,6 +71,11 @@ export type FromSandbox =
   | { type: 'error'; error: WireError }
   /** The plugin consumed input: the host may send this much more. */
   | { type: 'input-credit'; chunks: number; bytes: number };
+
+/** How many chunks a batch carries: packed ones included. */
+export function batchCount(batch: { chunks: unknown[]; packed?: PackedBytes }): number {
+  return batch.packed === undefined ? batch.chunks.length : batch.packed.sizes.length;
+}
 
 export const MAX_LOG_MESSAGE = 8192;
 /** Spent batch buffers one credit message may carry back to the sandbox. */
@@ -122,7 +129,9 @@ export function parseFromSandbox(data: unknown, options: { keepPacked?: boolean 
   switch (data.type) {
     case 'batch': {
       assertInteger(data.firstSeq, 'batch.firstSeq', 'ERR_PROTOCOL');
-      if (!Array.isArray(data.chunks) || data.chunks.length === 0) fail('ERR_PROTOCOL', 'batch.chunks', 'a non-empty array', data.chunks);
+      if (!Array.isArray(data.chunks)) fail('ERR_PROTOCOL', 'batch.chunks', 'an array', data.chunks);
+      // Empty only when every chunk is packed (checkPacking then requires at least one).
+      if (data.chunks.length === 0 && data.packed === undefined) fail('ERR_PROTOCOL', 'batch.chunks', 'a non-empty array', data.chunks);
       assertInteger(data.bytes, 'batch.bytes', 'ERR_PROTOCOL');
       assertInteger(data.largest, 'batch.largest', 'ERR_PROTOCOL');
       const batch: FromSandbox = { type: 'batch', firstSeq: data.firstSeq, chunks: data.chunks as unknown[], bytes: data.bytes, largest: data.largest };

@@ -49,8 +49,10 @@ export class StreamDriver {
   private readonly rules: ChunkRules;
   private readonly abort: AbortPair;
   private nextSeq: number;
-  /** The batch's chunks; a packed byte chunk is a hole here and lives in `packer`. */
-  private batch: Array<ChunkData | undefined> = [];
+  /** Chunks in the batch so far, packed ones included. */
+  private batchCount = 0;
+  /** The batch's chunks that are not packed, in order; packed byte chunks live in `packer`. */
+  private batch: ChunkData[] = [];
   private readonly packer = new BytePacker();
   private batchFirstSeq = 0;
   private batchBytes = 0;
@@ -188,11 +190,14 @@ export class StreamDriver {
 
   private push(value: unknown): void {
     // Small byte chunks are copied once, into the batch's arena; anything else by copyChunk.
-    let bytes = this.packer.pack(value, this.batch.length, this.rules);
-    let data: ChunkData | undefined;
-    if (bytes === UNPACKED) ({ data, bytes } = copyChunk(value, this.rules));
-    if (this.batch.length === 0) this.batchFirstSeq = this.nextSeq;
-    this.batch.push(data);
+    let bytes = this.packer.pack(value, this.batchCount, this.rules);
+    if (bytes === UNPACKED) {
+      const copy = copyChunk(value, this.rules);
+      this.batch.push(copy.data);
+      bytes = copy.bytes;
+    }
+    if (this.batchCount === 0) this.batchFirstSeq = this.nextSeq;
+    this.batchCount++;
     this.batchBytes += bytes;
     if (bytes > this.batchLargest) this.batchLargest = bytes;
     this.nextSeq++;
@@ -203,7 +208,7 @@ export class StreamDriver {
     // (and return credit for) one half while the plugin fills the other.
     // The stream's first chunk goes at once: it is what a consumer waits on, and a plugin
     // busy after its first yield would otherwise hold it back until its next pause.
-    if (!this.credit.available || this.batch.length >= this.flushChunks || this.batchBytes >= this.flushBytes || !this.sentChunks) this.flush();
+    if (!this.credit.available || this.batchCount >= this.flushChunks || this.batchBytes >= this.flushBytes || !this.sentChunks) this.flush();
     else this.scheduleFlush();
   }
 
@@ -217,11 +222,13 @@ export class StreamDriver {
   }
 
   private flush(): void {
-    if (this.batch.length > 0) {
+    if (this.batchCount > 0) {
       const chunks = this.batch;
+      const count = this.batchCount;
       this.batch = [];
+      this.batchCount = 0;
       this.sentChunks = true;
-      const packed = this.packer.take(chunks.length);
+      const packed = this.packer.take(count);
       const msg: FromSandbox = { type: 'batch', firstSeq: this.batchFirstSeq, chunks, bytes: this.batchBytes, largest: this.batchLargest };
       if (packed === undefined) this.env.send(msg);
       else {

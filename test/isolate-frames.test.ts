@@ -19,7 +19,7 @@ function packedBatch(s: string, firstSeq: number, chunks: Uint8Array[], slack = 
     off += c.length;
   }
   const sizes = Int32Array.from(chunks, (c) => c.length);
-  return { s, m: { type: 'batch', firstSeq, chunks: new Array(chunks.length), bytes: total, largest: Math.max(...chunks.map((c) => c.length)), packed: { buffer: arena.buffer, sizes } } };
+  return { s, m: { type: 'batch', firstSeq, chunks: [], bytes: total, largest: Math.max(...chunks.map((c) => c.length)), packed: { buffer: arena.buffer, sizes } } };
 }
 
 function bytesOf(parts: Uint8Array[]): Buffer {
@@ -70,12 +70,12 @@ test('frames: items and packed bytes arrive as sent, whatever the read size', ()
 test('frames: an unpacked chunk in a packed batch is not part of the body', () => {
   const item = packedBatch('x', 0, [Uint8Array.of(1, 2)]);
   const m = (item as { m: { chunks: unknown[]; packed: { sizes: Int32Array } } }).m;
-  m.chunks = [undefined, 'text'];
+  m.chunks = ['text'];
   m.packed.sizes = Int32Array.of(2, UNPACKED);
   const { items, broken } = read(bytesOf(encodeFrame([item])), 5);
   assert.deepEqual(broken, []);
   const got = (items[0]![0] as { m: { chunks: unknown[]; packed: { buffer: ArrayBuffer } } }).m;
-  assert.deepEqual(got.chunks, [undefined, 'text']);
+  assert.deepEqual(got.chunks, ['text']);
   assert.deepEqual(new Uint8Array(got.packed.buffer), Uint8Array.of(1, 2));
 });
 

@@ -11,6 +11,7 @@ import {
   CreditBalance,
   CreditLedger,
   UNPACKED,
+  batchCount,
   checkPacking,
   unpackChunks,
   ERROR_CODES,
@@ -65,6 +66,8 @@ describe('error catalogue', () => {
 describe('host <-> sandbox parsers', () => {
   const fromSandboxAccept: unknown[] = [
     { type: 'batch', firstSeq: 0, chunks: [1], bytes: 8, largest: 8 },
+    { type: 'batch', firstSeq: 0, chunks: [], bytes: 3, largest: 2, packed: { buffer: new ArrayBuffer(3), sizes: Int32Array.of(1, 2) } },
+    { type: 'batch', firstSeq: 0, chunks: ['x'], bytes: 5, largest: 2, packed: { buffer: new ArrayBuffer(2), sizes: Int32Array.of(2, -1) } },
     { type: 'progress', fraction: 0.5 },
     { type: 'progress', fraction: 1, message: 'done' },
     { type: 'checkpoint', seq: 3, state: { a: 1 } },
@@ -78,6 +81,10 @@ describe('host <-> sandbox parsers', () => {
     ['null', null],
     ['unknown type', { type: 'hello' }],
     ['empty batch', { type: 'batch', firstSeq: 0, chunks: [], bytes: 0, largest: 0 }],
+    ['empty packed batch', { type: 'batch', firstSeq: 0, chunks: [], bytes: 0, largest: 0, packed: { buffer: new ArrayBuffer(0), sizes: new Int32Array(0) } }],
+    ['packed batch with a value for a packed chunk', { type: 'batch', firstSeq: 0, chunks: ['x'], bytes: 1, largest: 1, packed: { buffer: new ArrayBuffer(1), sizes: Int32Array.of(1) } }],
+    ['packed batch missing a value', { type: 'batch', firstSeq: 0, chunks: [], bytes: 5, largest: 2, packed: { buffer: new ArrayBuffer(2), sizes: Int32Array.of(2, -1) } }],
+    ['packed batch longer than its buffer', { type: 'batch', firstSeq: 0, chunks: [], bytes: 5, largest: 5, packed: { buffer: new ArrayBuffer(2), sizes: Int32Array.of(5) } }],
     ['negative seq', { type: 'batch', firstSeq: -1, chunks: [1], bytes: 8, largest: 8 }],
     ['fractional bytes', { type: 'batch', firstSeq: 0, chunks: [1], bytes: 1.5, largest: 1 }],
     ['progress over 1', { type: 'progress', fraction: 1.5 }],
@@ -168,7 +175,7 @@ describe('packed byte chunks', () => {
     const packer = new BytePacker();
     for (let i = 0; i < 3; i++) packer.pack(new Uint8Array(1000).fill(i), i, rules);
     const first = packer.take(3)!;
-    assert.deepEqual(unpackChunks([undefined, undefined, undefined], checkPacking([undefined, undefined, undefined], first)).map((c) => (c as Uint8Array)[999]), [0, 1, 2]);
+    assert.deepEqual(unpackChunks([], checkPacking([], first)).map((c) => (c as Uint8Array)[999]), [0, 1, 2]);
     packer.recycle(first.buffer);
     packer.pack(new Uint8Array(1000).fill(7), 0, rules);
     packer.pack('not bytes', 1, rules);
@@ -176,7 +183,7 @@ describe('packed byte chunks', () => {
     const second = packer.take(3)!;
     assert.equal(second.buffer, first.buffer, 'the recycled buffer, not a fresh one');
     assert.deepEqual([...second.sizes], [1000, UNPACKED, 2000]);
-    const [a, b, c] = unpackChunks([undefined, 'x', undefined], second) as [Uint8Array, string, Uint8Array];
+    const [a, b, c] = unpackChunks(['x'], checkPacking(['x'], second)) as [Uint8Array, string, Uint8Array];
     assert.deepEqual([a.length, a.every((x) => x === 7), b, c.length, c.every((x) => x === 8)], [1000, true, 'x', 2000, true]);
   });
 
@@ -191,7 +198,7 @@ describe('packed byte chunks', () => {
     const next = packer.take(1)!;
     assert.notEqual(next.buffer, moved);
     assert.notEqual(next.buffer, small);
-    assert.deepEqual([...(unpackChunks([undefined], next)[0] as Uint8Array)], Array(5000).fill(3));
+    assert.deepEqual([...(unpackChunks([], next)[0] as Uint8Array)], Array(5000).fill(3));
   });
 });
 
@@ -261,7 +268,7 @@ describe('stream driver', () => {
       send: (msg) => {
         sent.push(msg);
         // The host answers each batch with credit for it, which waits in the port's queue.
-        if (msg.type === 'batch') queued.push({ type: 'credit', chunks: msg.chunks.length, bytes: msg.bytes });
+        if (msg.type === 'batch') queued.push({ type: 'credit', chunks: batchCount(msg), bytes: msg.bytes });
       },
       later: (fn) => {
         turns++;
@@ -282,5 +289,32 @@ describe('stream driver', () => {
     // the one for the last batch, which it never needed), and it never waited a turn.
     assert.equal(queued.length, 1);
     assert.equal(turns, 0);
+  });
+
+  test('byte chunks travel packed, the others as values in order; a batch of bytes alone carries no value array', async () => {
+    const sent: Array<{ msg: FromSandbox; transfer: ArrayBuffer[] | undefined }> = [];
+    const yielded: unknown[] = [Uint8Array.of(1), 'a', Uint8Array.of(2, 3), { b: 1 }, 7, Uint8Array.of(4), Uint8Array.of(5, 6)];
+    const actions = {
+      async *mixed({ split }: { split: number }) {
+        for (const [i, value] of yielded.entries()) {
+          // The bytes-only tail goes in a batch of its own.
+          if (i === split) await new Promise((resolve) => setImmediate(resolve));
+          yield value;
+        }
+      },
+    };
+    const spec: StartSpec = { streamId: 's', action: 'mixed', params: { split: 5 }, window: { chunks: 64, bytes: 1 << 20 }, limits: { maxChunkBytes: 0, memoryMb: 64, cpuMs: 0 } };
+    const driver = new StreamDriver(actions, spec, { send: (msg, transfer) => sent.push({ msg, transfer }), later: setImmediate });
+    await driver.run();
+    const batches = sent.filter((s) => s.msg.type === 'batch');
+    // What a host receives: each batch moved (as postMessage would) and parsed at the boundary.
+    const received = batches.map(({ msg, transfer }) => parseFromSandbox(structuredClone(msg, { transfer })));
+    assert.deepEqual(
+      received.flatMap((b) => (b.type === 'batch' ? b.chunks : [])),
+      yielded,
+    );
+    const last = batches.at(-1)!.msg as Extract<FromSandbox, { type: 'batch' }>;
+    assert.deepEqual([last.firstSeq, last.chunks, [...last.packed!.sizes]], [5, [], [1, 2]]);
+    assert.deepEqual(received.map((b) => (b.type === 'batch' ? b.firstSeq : -1)), [0, 1, 5]);
   });
 });

@@ -26,6 +26,7 @@ import { UNPACKED, copyChunk, type ChunkData, type ChunkRules } from '../../prot
 import { CreditLedger } from '../../protocol/credit.js';
 import { SluiceError, toWireError, type ErrorCode, type WireError } from '../../protocol/errors.js';
 import {
+  batchCount,
   parseFromSandbox,
   parseStartSpec,
   parseToSandbox,
@@ -366,11 +367,13 @@ class IsolateStream {
         if (msg.firstSeq !== this.nextSeq) {
           throw new SluiceError('ERR_PROTOCOL', `Batch starts at seq ${msg.firstSeq}, expected ${this.nextSeq}`);
         }
-        const chunks = new Array<ChunkData | undefined>(msg.chunks.length);
         const sizes = msg.packed?.sizes;
+        const count = batchCount(msg);
+        // Copies of the chunks that are not packed, in order, as the batch carries them.
+        const values: ChunkData[] = [];
         let bytes = 0;
         let largest = 0;
-        for (let i = 0; i < chunks.length; i++) {
+        for (let i = 0; i < count; i++) {
           const size = sizes === undefined ? UNPACKED : sizes[i]!;
           if (size !== UNPACKED) {
             // Packed bytes arrived in a buffer ivm copied out of the isolate: already ours, and any bytes are valid.
@@ -383,16 +386,16 @@ class IsolateStream {
             if (size > largest) largest = size;
             continue;
           }
-          const copy = copyChunk(msg.chunks[i], this.rules);
-          chunks[i] = copy.data;
+          const copy = copyChunk(msg.chunks[values.length], this.rules);
+          values.push(copy.data);
           bytes += copy.bytes;
           if (copy.bytes > largest) largest = copy.bytes;
         }
-        if (!this.ledger.receive(chunks.length, bytes, largest)) {
-          throw new SluiceError('ERR_PROTOCOL', `Sandbox sent ${chunks.length} chunks (${bytes} bytes) beyond its credit`);
+        if (!this.ledger.receive(count, bytes, largest)) {
+          throw new SluiceError('ERR_PROTOCOL', `Sandbox sent ${count} chunks (${bytes} bytes) beyond its credit`);
         }
-        this.nextSeq += chunks.length;
-        const batch: FromSandbox = { type: 'batch', firstSeq: msg.firstSeq, chunks, bytes, largest };
+        this.nextSeq += count;
+        const batch: FromSandbox = { type: 'batch', firstSeq: msg.firstSeq, chunks: values, bytes, largest };
         if (msg.packed !== undefined) batch.packed = msg.packed;
         return batch;
       }
