@@ -31,7 +31,15 @@ export function buildProgram(): Command {
   return program;
 }
 
+/**
+ * Without a listener, stdout's 'error' event (EPIPE when `| head` closes the pipe)
+ * throws out of the event loop with a stack trace. The error is not lost: it stays in
+ * `process.stdout.errored`, where writeStdout() finds it and turns it into the exit.
+ */
+function keepStdoutErrors(): void {}
+
 export async function main(argv: string[] = process.argv): Promise<void> {
+  process.stdout.on('error', keepStdoutErrors);
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

@@ -5,15 +5,16 @@
  * stderr is a terminal and the plugin reports progress). `--json` prints one NDJSON
  * line per chunk, `{"seq":N,"data":...}`, then `{"done":true,"chunks":N}` or
  * `{"error":{"code":"...","message":"..."}}`. Ctrl-C cancels the stream (the plugin's
- * `finally` runs) and exits 130.
+ * `finally` runs) and exits 130. A reader closing stdout (`| head -1`) cancels it too
+ * and exits 141, printing nothing.
  */
 import { readFile } from 'node:fs/promises';
-import { Option, type Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
-import { LIMIT_NAMES, type Limits } from '../../protocol/limits.js';
+import { LIMIT_NAMES, MIN_MEMORY_MB, type LimitName, type Limits } from '../../protocol/limits.js';
 import { Sluice } from '../host.js';
 import type { Durability, SluiceStream, StreamOptions } from '../types.js';
-import { CLI_DEFAULTS, EXIT, jsonReplacer, parseJsonOption, parseNonNegativeInt, reportError, usageError } from './common.js';
+import { CLI_DEFAULTS, EXIT, jsonReplacer, parseJsonOption, parseNonNegativeInt, pluginsFolder, reportError, usageError, writeStdout } from './common.js';
 
 interface RunOptions {
   params?: unknown;
@@ -32,6 +33,18 @@ function kebab(name: string): string {
   return name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 }
 
+/**
+ * A limit flag's value, checked here rather than by the host so that the usage error
+ * names the flag the user typed (commander prefixes it), not `options.limits.<name>`.
+ */
+function limitParser(name: LimitName): (value: string) => number {
+  return (value) => {
+    const n = parseNonNegativeInt(value);
+    if (name === 'memoryMb' && n < MIN_MEMORY_MB) throw new InvalidArgumentError(`expected at least ${MIN_MEMORY_MB} (the smallest heap a sandbox accepts), got \`${value}\``);
+    return n;
+  };
+}
+
 export function register(program: Command): void {
   const cmd = program
     .command('run')
@@ -39,30 +52,44 @@ export function register(program: Command): void {
     .argument('<plugin>', 'plugin name (from --plugins) or path to a plugin module or folder')
     .argument('<action>', 'action name')
     .option('--params <json>', 'action params as JSON', parseJsonOption)
-    .option('--params-file <file>', 'read action params from a JSON file')
+    .addOption(new Option('--params-file <file>', 'read action params from a JSON file').conflicts('params'))
     .addOption(new Option('--sandbox <kind>', 'override the manifest sandbox').choices(['worker', 'isolate']))
     .addOption(new Option('--priority <p>', 'admission priority').choices(['high', 'normal', 'low']))
     .option('--window <chunks>', 'credit window in chunks', parseNonNegativeInt)
-    .option('--plugins <dir>', 'plugins folder', CLI_DEFAULTS.plugins)
+    .option('--plugins <dir>', 'plugins folder (the default is skipped when missing)', CLI_DEFAULTS.plugins)
     .option('--data <dir>', 'data folder (durable streams)', CLI_DEFAULTS.data)
     .option('--durable [mode]', 'record the stream: log (default) or checkpoint')
     .option('--json', 'NDJSON output: one line per chunk, then a done or error line');
   for (const name of LIMIT_NAMES) {
     // Both --limit-cpuMs (the limit's own name) and --limit-cpu-ms work.
-    cmd.option(`--limit-${kebab(name)} <n>`, `per-stream limit ${name}`, parseNonNegativeInt);
-    cmd.addOption(new Option(`--limit-${name} <n>`).argParser(parseNonNegativeInt).hideHelp());
+    cmd.option(`--limit-${kebab(name)} <n>`, `per-stream limit ${name}`, limitParser(name));
+    cmd.addOption(new Option(`--limit-${name} <n>`).argParser(limitParser(name)).hideHelp());
   }
-  cmd.action(async (plugin: string, action: string, opts: RunOptions) => {
-    process.exitCode = await run(plugin, action, opts);
+  cmd.action(async (plugin: string, action: string, opts: RunOptions, command: Command) => {
+    process.exitCode = await run(plugin, action, opts, command.getOptionValueSource('plugins') !== 'default');
   });
 }
 
-async function run(plugin: string, action: string, opts: RunOptions): Promise<number> {
+async function readParamsFile(file: string): Promise<unknown> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw usageError(`--params-file: cannot read ${file}: ${(err as Error).message}`);
+  }
+  try {
+    return JSON.parse(text) as unknown;
+  } catch (err) {
+    throw usageError(`--params-file: ${file} is not JSON: ${(err as Error).message}`);
+  }
+}
+
+async function run(plugin: string, action: string, opts: RunOptions, pluginsGiven: boolean): Promise<number> {
   const json = opts.json === true;
   let host: Sluice | undefined;
   let interrupted = false;
   try {
-    const params = opts.paramsFile !== undefined ? parseJsonOption(await readFile(opts.paramsFile, 'utf8')) : (opts.params ?? {});
+    const params = opts.paramsFile !== undefined ? await readParamsFile(opts.paramsFile) : (opts.params ?? {});
     const limits: Partial<Limits> = {};
     for (const name of LIMIT_NAMES) {
       const v = opts[`limit${name[0]!.toUpperCase()}${name.slice(1)}`];
@@ -81,7 +108,8 @@ async function run(plugin: string, action: string, opts: RunOptions): Promise<nu
       options.durability = mode as Durability;
     }
 
-    host = await Sluice.open({ plugins: opts.plugins, ...(opts.durable !== undefined ? { dataDir: opts.data } : {}) });
+    const plugins = await pluginsFolder(opts.plugins, pluginsGiven);
+    host = await Sluice.open({ ...(plugins !== undefined ? { plugins } : {}), ...(opts.durable !== undefined ? { dataDir: opts.data } : {}) });
     const stream = host.stream(plugin, action, params, options);
     const onSignal = (): void => {
       interrupted = true;
@@ -127,17 +155,18 @@ export async function printStream(stream: SluiceStream, json: boolean): Promise<
   try {
     for await (const chunk of stream) {
       count++;
-      if (json) process.stdout.write(`${JSON.stringify({ seq: chunk.seq, data: chunk.data }, jsonReplacer)}\n`);
+      // A failed write throws out of the loop, which cancels the stream.
+      if (json) writeStdout(`${JSON.stringify({ seq: chunk.seq, data: chunk.data }, jsonReplacer)}\n`);
       else {
         // The bar redraws on stderr; clear it so data lines on stdout stay clean.
         if (barStarted) bar?.stop();
         barStarted = false;
-        process.stdout.write(`${typeof chunk.data === 'string' ? chunk.data : JSON.stringify(chunk.data, jsonReplacer)}\n`);
+        writeStdout(`${typeof chunk.data === 'string' ? chunk.data : JSON.stringify(chunk.data, jsonReplacer)}\n`);
       }
     }
   } finally {
     bar?.stop();
   }
-  if (json) process.stdout.write(`${JSON.stringify({ done: true, chunks: count })}\n`);
+  if (json) writeStdout(`${JSON.stringify({ done: true, chunks: count })}\n`);
   return count;
 }
