@@ -4,7 +4,7 @@
  * @example
  * import { Sluice } from 'sluice';
  * await using host = await Sluice.open({ plugins: './plugins' });
- * for await (const { seq, data } of host.stream('records', 'transform', { count: 3 })) {
+ * for await (const { seq, data } of host.stream('records', 'transform', { rows: 3 })) {
  *   console.log(seq, data);
  * }
  */
@@ -15,7 +15,7 @@ import type { Logger } from 'pino';
 import { copyChunk } from '../protocol/chunk.js';
 import type { Window } from '../protocol/credit.js';
 import { SluiceError, isSluiceError, toWireError } from '../protocol/errors.js';
-import { assertOneOf, assertString, fail } from '../protocol/assert.js';
+import { assertInteger, assertOneOf, assertString, fail } from '../protocol/assert.js';
 import { parsePartialLimits, resolveLimits, type Limits } from '../protocol/limits.js';
 import type { StartSpec } from '../protocol/messages.js';
 import type { SandboxKind } from '../sandbox/sdk.js';
@@ -54,6 +54,10 @@ function asSluiceError(err: unknown, fallback: 'ERR_PLUGIN_LOAD' | 'ERR_SANDBOX_
   const wire = toWireError(err, false, fallback);
   return new SluiceError(wire.code, wire.message, { cause: err });
 }
+
+/** call()'s collection caps, passed to the stream it opens (not a public option). */
+const COLLECT_CAPS = Symbol('sluice.collectCaps');
+type CallOptions = StreamOptions & { [COLLECT_CAPS]?: { maxBytes: number; maxChunks: number } };
 
 export class Sluice implements AsyncDisposable {
   readonly #e: Engine;
@@ -139,7 +143,10 @@ export class Sluice implements AsyncDisposable {
           acquired.push({ close: () => iso.pool.destroy() });
           pools.isolate = iso.pool;
           bundleForIsolate = iso.bundle;
-          isolateConcurrency = options.isolates?.maxStreams ?? DEFAULTS.isolateStreams;
+          const maxStreams = options.isolates?.maxStreams ?? DEFAULTS.isolateStreams;
+          // 0 or a fraction would leave every isolate stream queued forever.
+          assertInteger(maxStreams, 'options.isolates.maxStreams', 'ERR_INVALID_ARGUMENT', 1);
+          isolateConcurrency = maxStreams;
         }
       }
     } catch (err) {
@@ -355,10 +362,8 @@ export class Sluice implements AsyncDisposable {
    * 1M chunks and 64 MiB here). Rejects with the stream's coded error.
    */
   async call(plugin: string, action: string, params?: unknown, options: StreamOptions = {}): Promise<unknown> {
-    const limits = { ...options.limits };
-    limits.maxBytes ||= DEFAULTS.callMaxBytes;
-    limits.maxChunks ||= DEFAULTS.callMaxChunks;
-    const stream = this.stream(plugin, action, params, { ...options, limits }) as HostStream;
+    const collecting: CallOptions = { ...options, [COLLECT_CAPS]: { maxBytes: DEFAULTS.callMaxBytes, maxChunks: DEFAULTS.callMaxChunks } };
+    const stream = this.stream(plugin, action, params, collecting) as HostStream;
     const out: unknown[] = [];
     for await (const chunk of stream) out.push(chunk.data);
     return stream.kind === 'unary' ? out[0] : out;
@@ -386,6 +391,12 @@ export class Sluice implements AsyncDisposable {
       const kind = options.sandbox ?? record.manifest.sandbox;
       if (e.pools[kind] === undefined) throw new SluiceError('ERR_INVALID_ARGUMENT', `This host runs no ${kind} sandbox`);
       const effective = resolveLimits(e.policy, e.defaults, record.manifest.limits ?? {}, limits);
+      // call()'s caps bound only what nothing else bounds: a manifest's or caller's limit stays.
+      const caps = (options as CallOptions)[COLLECT_CAPS];
+      if (caps !== undefined) {
+        effective.maxBytes ||= caps.maxBytes;
+        effective.maxChunks ||= caps.maxChunks;
+      }
       const spec: StartSpec = {
         streamId: stream.id,
         action: stream.action,
@@ -411,10 +422,12 @@ export class Sluice implements AsyncDisposable {
           if (retryFrom.resume === undefined) delete retrySpec.resume;
           else retrySpec.resume = retryFrom.resume;
           stream.setup({ limits: effective, window: spec.window, startSeq: retryFrom.startSeq, tail: stream.tail });
+          setByteBudget(retrySpec, stream);
           const bundle = await record.bundle(kind);
           stream.attach(await e.pools[kind]!.start(bundle, retrySpec, stream));
         });
       }
+      setByteBudget(spec, stream);
       if (stream.ended) {
         stream.exit(undefined);
         return;
@@ -578,6 +591,13 @@ function reasonText(reason: unknown): string {
 }
 
 /** The isolate sandbox, when its modules are present in this build. */
+/** Hand the sandbox what is left of the stream's maxBytes, so it stops the plugin at the limit itself (after `stream.setup`). */
+function setByteBudget(spec: StartSpec, stream: HostStream): void {
+  const budget = stream.byteBudget();
+  if (budget === undefined) delete spec.byteBudget;
+  else spec.byteBudget = budget;
+}
+
 async function loadIsolateSandbox(options: { processes?: number }): Promise<{ pool: SandboxPool; bundle: IsolateBundler } | undefined> {
   let poolMod: Record<string, unknown>;
   let bundleMod: Record<string, unknown>;
@@ -588,6 +608,6 @@ async function loadIsolateSandbox(options: { processes?: number }): Promise<{ po
     return undefined;
   }
   const Pool = poolMod.IsolatePool as new (o: object) => SandboxPool;
-  const bundle = bundleMod.bundleForIsolate as (entry: string, o?: object) => Promise<string>;
-  return { pool: new Pool({ processes: options.processes ?? DEFAULTS.isolateProcesses }), bundle: (entry) => bundle(entry) };
+  const bundle = bundleMod.bundleForIsolate as IsolateBundler;
+  return { pool: new Pool({ processes: options.processes ?? DEFAULTS.isolateProcesses }), bundle: (entry, o) => bundle(entry, o) };
 }

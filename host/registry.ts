@@ -8,7 +8,7 @@
  * (`entry`, else package.json `main`, else index.{ts,mts,js,mjs}).
  */
 import { readFile, readdir, stat } from 'node:fs/promises';
-import { basename, extname, join, resolve } from 'node:path';
+import { basename, dirname, extname, join, resolve, sep } from 'node:path';
 import { SluiceError, isSluiceError } from '../protocol/errors.js';
 import type { ActionKind } from '../protocol/messages.js';
 import type { SandboxKind } from '../sandbox/sdk.js';
@@ -20,7 +20,8 @@ import type { PluginInfo } from './types.js';
 const MODULE_EXTENSIONS = new Set(['.js', '.mjs', '.ts', '.mts']);
 const INDEX_NAMES = ['index.ts', 'index.mts', 'index.js', 'index.mjs'];
 
-export type IsolateBundler = (entryPath: string) => Promise<string>;
+/** Bundles a plugin for an isolate; `root` is the folder its imports must stay in (see sandbox/isolate/bundle.ts). */
+export type IsolateBundler = (entryPath: string, options: { root: string; stubBuiltins?: boolean }) => Promise<string>;
 
 export interface RegistryDeps {
   cacheDir: string;
@@ -41,6 +42,8 @@ export class PluginRecord {
   constructor(
     readonly manifest: ValidatedManifest,
     readonly entryPath: string,
+    /** The plugin's folder: a folder plugin's own, or a single file's. */
+    readonly root: string,
     readonly actions: Record<string, ActionKind>,
     private readonly deps: RegistryDeps,
     bundled: { kind: SandboxKind; bundle: BundledPlugin },
@@ -56,7 +59,7 @@ export class PluginRecord {
   bundle(kind: SandboxKind): Promise<BundledPlugin> {
     let p = this.#bundles.get(kind);
     if (p === undefined) {
-      p = makeBundle(this.entryPath, this.manifest.name, kind, this.deps);
+      p = makeBundle(this.entryPath, this.root, this.manifest.name, kind, this.deps);
       // A failed bundle is not cached: the file may be fixed and tried again.
       p.catch(() => this.#bundles.delete(kind));
       this.#bundles.set(kind, p);
@@ -76,13 +79,13 @@ export class PluginRecord {
   }
 }
 
-async function makeBundle(entryPath: string, name: string, kind: SandboxKind, deps: RegistryDeps): Promise<BundledPlugin> {
+async function makeBundle(entryPath: string, root: string, name: string, kind: SandboxKind, deps: RegistryDeps): Promise<BundledPlugin> {
   if (kind === 'worker') {
     const { id, modulePath } = await bundleForWorker(entryPath, deps.cacheDir);
     return { id, name, modulePath, script: '' };
   }
   if (deps.bundleForIsolate === undefined) throw new SluiceError('ERR_PLUGIN_LOAD', 'The isolate sandbox is not available in this host');
-  const script = await deps.bundleForIsolate(entryPath);
+  const script = await deps.bundleForIsolate(entryPath, { root });
   return { id: contentId(script), name, modulePath: '', script };
 }
 
@@ -105,7 +108,7 @@ async function readJson(path: string): Promise<unknown> {
 }
 
 /** Where a plugin's code is and what its files declare. */
-async function locate(path: string): Promise<{ entryPath: string; declared: Record<string, unknown> }> {
+async function locate(path: string): Promise<{ entryPath: string; root: string; declared: Record<string, unknown> }> {
   let st;
   try {
     st = await stat(path);
@@ -114,7 +117,7 @@ async function locate(path: string): Promise<{ entryPath: string; declared: Reco
   }
   if (st.isFile()) {
     if (!MODULE_EXTENSIONS.has(extname(path))) throw new SluiceError('ERR_PLUGIN_LOAD', `${path} is not a .js, .mjs, .ts or .mts module`);
-    return { entryPath: path, declared: {} };
+    return { entryPath: path, root: dirname(path), declared: {} };
   }
   let declared: Record<string, unknown> = {};
   let entry: string | undefined;
@@ -139,12 +142,12 @@ async function locate(path: string): Promise<{ entryPath: string; declared: Reco
   }
   if (entry !== undefined) {
     const entryPath = resolve(path, entry);
-    if (!entryPath.startsWith(resolve(path))) throw new SluiceError('ERR_MANIFEST_INVALID', `Plugin entry ${entry} points outside ${path}`);
+    if (!entryPath.startsWith(resolve(path) + sep)) throw new SluiceError('ERR_MANIFEST_INVALID', `Plugin entry ${entry} points outside ${path}`);
     if (!(await exists(entryPath))) throw new SluiceError('ERR_PLUGIN_LOAD', `Plugin entry ${entryPath} does not exist`);
-    return { entryPath, declared };
+    return { entryPath, root: path, declared };
   }
   for (const name of INDEX_NAMES) {
-    if (await exists(join(path, name))) return { entryPath: join(path, name), declared };
+    if (await exists(join(path, name))) return { entryPath: join(path, name), root: path, declared };
   }
   throw new SluiceError('ERR_PLUGIN_LOAD', `${path} has no plugin entry (plugin.json \`entry\`, package.json \`main\`, or index.ts/.js)`);
 }
@@ -196,14 +199,23 @@ export class PluginRegistry {
   }
 
   async #load(path: string): Promise<PluginRecord> {
-    const { entryPath, declared } = await locate(path);
+    const { entryPath, root, declared } = await locate(path);
     const declaredSandbox = declared.sandbox === 'worker' || declared.sandbox === 'isolate' ? declared.sandbox : undefined;
     // Untrusted until a file says otherwise: describe in an isolate when there is one.
-    const kind: SandboxKind = declaredSandbox ?? (this.deps.pools.isolate !== undefined ? 'isolate' : 'worker');
-    const pool = this.deps.pools[kind];
-    if (pool === undefined) throw new SluiceError('ERR_PLUGIN_LOAD', `Plugin ${path} needs the ${kind} sandbox, which this host does not run`);
-    const bundle = await makeBundle(entryPath, basename(path, extname(path)), kind, this.deps);
-    const description: PluginDescription = await pool.describe(bundle);
+    let kind: SandboxKind = declaredSandbox ?? (this.deps.pools.isolate !== undefined ? 'isolate' : 'worker');
+    if (this.deps.pools[kind] === undefined) throw new SluiceError('ERR_PLUGIN_LOAD', `Plugin ${path} needs the ${kind} sandbox, which this host does not run`);
+    const name = basename(path, extname(path));
+    let bundle: BundledPlugin;
+    try {
+      bundle = await makeBundle(entryPath, root, name, kind, this.deps);
+    } catch (err) {
+      // A single file that imports Node builtins may be a trusted plugin whose exported
+      // manifest asks for the worker sandbox: only its code can say so.
+      if (declaredSandbox !== undefined || !(await this.#asksForWorker(entryPath, root, err))) throw err;
+      kind = 'worker';
+      bundle = await makeBundle(entryPath, root, name, kind, this.deps);
+    }
+    const description: PluginDescription = await this.deps.pools[kind]!.describe(bundle);
     const exported = description.manifest !== null && typeof description.manifest === 'object' ? (description.manifest as Record<string, unknown>) : {};
     const merged: Record<string, unknown> = { ...exported, ...declared };
     merged.name ??= basename(path, extname(path));
@@ -214,7 +226,27 @@ export class PluginRegistry {
       if (!(action in description.actions)) throw new SluiceError('ERR_MANIFEST_INVALID', `Manifest of ${path} describes action \`${action}\`, which the module does not export`);
     }
     if (Object.keys(description.actions).length === 0) throw new SluiceError('ERR_PLUGIN_LOAD', `Plugin ${path} exports no actions`);
-    return new PluginRecord(manifest, entryPath, description.actions, this.deps, { kind, bundle: { ...bundle, name: manifest.name } });
+    return new PluginRecord(manifest, entryPath, root, description.actions, this.deps, { kind, bundle: { ...bundle, name: manifest.name } });
+  }
+
+  /**
+   * Whether a plugin that failed to bundle for an isolate because it imports Node
+   * builtins exports `manifest.sandbox: 'worker'`. Read in an isolate from a bundle whose
+   * builtins are stand-ins that throw when used, so its code still runs untrusted; a
+   * module that uses a builtin at its top level cannot be read this way and has to
+   * declare its sandbox in plugin.json or package.json.
+   */
+  async #asksForWorker(entryPath: string, root: string, err: unknown): Promise<boolean> {
+    const builtins = isSluiceError(err) ? (err.details as { builtins?: unknown } | undefined)?.builtins : undefined;
+    const { isolate, worker } = this.deps.pools;
+    if (!Array.isArray(builtins) || builtins.length === 0 || isolate === undefined || worker === undefined || this.deps.bundleForIsolate === undefined) return false;
+    try {
+      const script = await this.deps.bundleForIsolate(entryPath, { root, stubBuiltins: true });
+      const { manifest } = await isolate.describe({ id: contentId(script), name: basename(entryPath), modulePath: '', script });
+      return (manifest as { sandbox?: unknown } | null)?.sandbox === 'worker';
+    } catch {
+      return false;
+    }
   }
 
   /** A plugin by name (discovered) or by path (loaded now). */

@@ -17,7 +17,7 @@ import { CreditBalance, CreditLedger, DEFAULT_WINDOW, type Window } from '../pro
 import { UNPACKED, copyChunk, packedLength, unpackChunks, type PackedBytes } from '../protocol/chunk.js';
 import { SluiceError, fromWireError, toWireError } from '../protocol/errors.js';
 import { LIMIT_ERROR, type Limits } from '../protocol/limits.js';
-import { MAX_RECYCLED_BUFFERS, type ActionKind, type FromSandbox, type ToSandbox } from '../protocol/messages.js';
+import { MAX_RECYCLED_BUFFERS, type ActionKind, type ByteBudget, type FromSandbox, type ToSandbox } from '../protocol/messages.js';
 import { LogConsumer } from './log-consumer.js';
 import type { SandboxEvents, SandboxHandle } from './sandbox/types.js';
 import type { Chunk, Progress, ReadEvent, SluiceStream, StreamEvents, StreamResult, StreamStatus } from './types.js';
@@ -390,47 +390,83 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     this.#idleSince = performance.now();
     // A resumed plugin re-produces chunks from its checkpoint; consumers already had those below the tail.
     const repeats = Math.min(Math.max(this.#tail - firstSeq, 0), count);
+    // Repeats only shrink a batch, so this is true of every batch that crosses maxBytes.
+    const mayCrossBytes = limits.maxBytes > 0 && this.#bytes + bytes > limits.maxBytes;
     // The rare paths below cut the batch or hand it to the log: they get every chunk as its own value first.
-    if (packed !== undefined && (repeats > 0 || this.#log !== undefined || (limits.maxChunks > 0 && this.#chunks + count - repeats > limits.maxChunks))) {
+    if (packed !== undefined && (repeats > 0 || this.#log !== undefined || mayCrossBytes || (limits.maxChunks > 0 && this.#chunks + count - repeats > limits.maxChunks))) {
       chunks = unpackChunks(chunks, packed);
       packed = undefined;
     }
     // From here on `chunks` is every chunk unless the batch is still packed (then `count` of them).
+    // Sizes of the repeats, and of every chunk when the batch may cross maxBytes.
+    let sizes: number[] | undefined;
+    if (repeats > 0 || mayCrossBytes) {
+      sizes = chunkSizes(chunks, mayCrossBytes ? chunks.length : repeats);
+      if (sizes === undefined) {
+        this.#protocolError('a batch holds a chunk that is not chunk data');
+        return;
+      }
+    }
     if (repeats > 0) {
-      const repeatBytes = Math.floor((bytes * repeats) / chunks.length);
+      // Measured, not pro rata: the sandbox counts its byte budget from the tail on (StartSpec.byteBudget)
+      // by these sizes, and a count that drifted from its own would leave it waiting for an end that never comes.
+      const repeatBytes = Math.min(bytes, sum(sizes!, 0, repeats));
       this.#returnCredit(repeats, repeatBytes);
       if (repeats === chunks.length) return;
       chunks = chunks.slice(repeats);
+      sizes = sizes!.slice(repeats);
       bytes -= repeatBytes;
       firstSeq += repeats;
     }
-    if (limits.maxBytes > 0 && this.#bytes + bytes > limits.maxBytes) {
-      // Sizes are per batch, so the whole offending batch is withheld: a consumer never gets more than maxBytes.
-      this.#limitHit('maxBytes', `Stream exceeded maxBytes (${limits.maxBytes})`);
-      return;
-    }
     let accepted = chunks;
     let taken = packed === undefined ? chunks.length : count;
-    let over = false;
+    let takenBytes = bytes;
+    let over: 'maxBytes' | 'maxChunks' | undefined;
     if (limits.maxChunks > 0 && this.#chunks + taken > limits.maxChunks) {
       // Never packed here: a batch that crosses maxChunks was unpacked above.
-      accepted = chunks.slice(0, limits.maxChunks - this.#chunks);
-      taken = accepted.length;
-      over = true;
+      taken = limits.maxChunks - this.#chunks;
+      over = 'maxChunks';
     }
+    if (limits.maxBytes > 0 && this.#bytes + bytes > limits.maxBytes) {
+      // Sizes come per batch; the one batch that crosses is measured chunk by chunk, so
+      // every chunk within the limit is delivered and none past it. Measured here, not
+      // taken from the sandbox: the sandbox stops its plugin at the same chunk
+      // (StartSpec.byteBudget), but this check is what holds against one that lies.
+      const room = limits.maxBytes - this.#bytes;
+      let fit = 0;
+      takenBytes = 0;
+      while (fit < taken && takenBytes + sizes![fit]! <= room) takenBytes += sizes![fit++]!;
+      if (fit < taken) {
+        taken = fit;
+        over = 'maxBytes';
+      }
+    }
+    if (taken < chunks.length) accepted = chunks.slice(0, taken);
     if (taken > 0) {
       this.#chunks += taken;
-      this.#bytes += bytes;
+      this.#bytes += takenBytes;
       this.#tail = firstSeq + taken;
-      this.hooks.batch(this, taken, bytes);
-      if (this.#log !== undefined) this.#commit(firstSeq, accepted, bytes);
+      this.hooks.batch(this, taken, takenBytes);
+      if (this.#log !== undefined) this.#commit(firstSeq, accepted, takenBytes);
       else {
         const bytesOf = packed === undefined ? undefined : { bytes: new Uint8Array(packed.buffer), sizes: packed.sizes, offset: 0, own: undefined };
-        this.#batches.push({ firstSeq, count: taken, chunks: accepted, nextValue: 0, bytes, pos: 0, returned: 0, packed: bytesOf });
+        this.#batches.push({ firstSeq, count: taken, chunks: accepted, nextValue: 0, bytes: takenBytes, pos: 0, returned: 0, packed: bytesOf });
         this.#wake();
       }
     }
-    if (over) this.#limitHit('maxChunks', `Stream exceeded maxChunks (${limits.maxChunks})`);
+    if (over === 'maxBytes') this.#limitHit('maxBytes', `Stream exceeded maxBytes (${limits.maxBytes})`);
+    else if (over === 'maxChunks') this.#limitHit('maxChunks', `Stream exceeded maxChunks (${limits.maxChunks})`);
+  }
+
+  /**
+   * What is left of maxBytes for the next run, counted as `#onBatch` counts (undefined
+   * without the limit): the sandbox stops its plugin at the chunk that passes it.
+   * Call after `setup`, which sets the tail a resumed run's repeats stop at.
+   */
+  byteBudget(): ByteBudget | undefined {
+    const max = this.#limits?.maxBytes ?? 0;
+    if (max <= 0) return undefined;
+    return { fromSeq: this.#tail, left: Math.max(0, max - this.#bytes) };
   }
 
   /**
@@ -747,4 +783,28 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     }
     return out;
   }
+}
+
+/**
+ * The estimated sizes of the first `count` chunks, as the sandbox measured them when it
+ * copied them: the estimate depends only on the data, which crossed intact. Undefined
+ * if a chunk is not chunk data (a sandbox that skipped its own copy).
+ */
+function chunkSizes(chunks: unknown[], count: number): number[] | undefined {
+  const sizes = new Array<number>(count);
+  for (let i = 0; i < count; i++) {
+    try {
+      sizes[i] = copyChunk(chunks[i]).bytes;
+    } catch (err) {
+      if (err instanceof SluiceError && err.code === 'ERR_CHUNK_INVALID') return undefined;
+      throw err;
+    }
+  }
+  return sizes;
+}
+
+function sum(values: number[], from: number, to: number): number {
+  let total = 0;
+  for (let i = from; i < to; i++) total += values[i]!;
+  return total;
 }

@@ -23,6 +23,21 @@ export interface Resume {
   state: unknown;
 }
 
+/**
+ * What is left of a stream's `maxBytes` for one run, counted as the host counts it, so
+ * the sandbox can stop its plugin at the chunk that passes the limit instead of a
+ * window later. The host still enforces the limit (and reports it) on what arrives.
+ */
+export interface ByteBudget {
+  /**
+   * Chunks from this seq on count. Below it, a resumed plugin re-produces chunks the
+   * stream already delivered; the host drops those and does not count them either.
+   */
+  fromSeq: number;
+  /** Estimated bytes (protocol/chunk.ts) the counted chunks may total. */
+  left: number;
+}
+
 /** Everything a sandbox needs to run one stream. */
 export interface StartSpec {
   streamId: string;
@@ -31,6 +46,8 @@ export interface StartSpec {
   window: Window;
   /** Only the limits a sandbox enforces itself; wall, idle, bytes and chunk counts are the host's. */
   limits: Pick<Limits, 'maxChunkBytes' | 'memoryMb' | 'cpuMs'>;
+  /** Set when the stream has a `maxBytes`. */
+  byteBudget?: ByteBudget;
   resume?: Resume;
   /** The action consumes an input stream (`params.input`), fed with credit the other way. */
   input?: { window: Window };
@@ -189,6 +206,13 @@ export function parseStartSpec(data: unknown): StartSpec {
     window: parseWindow(data.window, 'start.window'),
     limits: { maxChunkBytes: limits.maxChunkBytes, memoryMb: limits.memoryMb, cpuMs: limits.cpuMs },
   };
+  if (data.byteBudget !== undefined) {
+    const b = data.byteBudget as Obj;
+    assertObject(b, 'start.byteBudget', 'ERR_PROTOCOL');
+    assertInteger(b.fromSeq, 'start.byteBudget.fromSeq', 'ERR_PROTOCOL');
+    assertInteger(b.left, 'start.byteBudget.left', 'ERR_PROTOCOL');
+    spec.byteBudget = { fromSeq: b.fromSeq, left: b.left };
+  }
   if (data.resume !== undefined) {
     const r = data.resume as Obj;
     assertObject(r, 'start.resume', 'ERR_PROTOCOL');

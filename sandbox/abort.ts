@@ -1,11 +1,41 @@
 /**
  * A minimal AbortController for realms without one: an isolate has bare V8, no Web
  * APIs. It implements what plugins use: `aborted`, `reason`, `throwIfAborted()`,
- * `onabort` and `addEventListener('abort')`.
+ * `onabort`, `addEventListener('abort')` and the statics `abort`, `timeout` and `any`,
+ * so that a plugin combining `ctx.signal` with its own runs unchanged in both sandboxes
+ * (the isolate runtime installs these as the `AbortController` and `AbortSignal` globals).
  */
 type Listener = (event: { type: 'abort'; target: unknown }) => void;
 
-class MiniAbortSignal {
+/** What Node's reasons are (DOMExceptions there; no DOMException in a bare isolate). */
+function abortError(name: 'AbortError' | 'TimeoutError', message: string): Error {
+  const err = new Error(message);
+  err.name = name;
+  return err;
+}
+
+export class MiniAbortSignal {
+  static abort(reason?: unknown): MiniAbortSignal {
+    const signal = new MiniAbortSignal();
+    signal.fire(reason === undefined ? abortError('AbortError', 'This operation was aborted') : reason);
+    return signal;
+  }
+
+  static timeout(ms: number): MiniAbortSignal {
+    const signal = new MiniAbortSignal();
+    setTimeout(() => signal.fire(abortError('TimeoutError', 'The operation was aborted due to timeout')), ms);
+    return signal;
+  }
+
+  static any(signals: Iterable<MiniAbortSignal>): MiniAbortSignal {
+    const signal = new MiniAbortSignal();
+    const list = [...signals];
+    const first = list.find((s) => s.aborted);
+    if (first !== undefined) signal.fire(first.reason);
+    else for (const s of list) s.addEventListener('abort', () => signal.fire(s.reason), { once: true });
+    return signal;
+  }
+
   aborted = false;
   reason: unknown = undefined;
   onabort: Listener | null = null;
@@ -44,6 +74,13 @@ class MiniAbortSignal {
         // A plugin's abort listener failing must not stop the others or the driver.
       }
     }
+  }
+}
+
+export class MiniAbortController {
+  readonly signal = new MiniAbortSignal();
+  abort(reason?: unknown): void {
+    this.signal.fire(reason === undefined ? abortError('AbortError', 'This operation was aborted') : reason);
   }
 }
 

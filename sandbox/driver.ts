@@ -64,6 +64,11 @@ export class StreamDriver {
   private checkpointed: { seq: number; state: ChunkData } | undefined;
   private creditWaiter: (() => void) | undefined;
   private cancelled: string | undefined;
+  /**
+   * What is left of the stream's maxBytes (spec.byteBudget), undefined without one.
+   * Negative once a chunk has passed it: that chunk was the run's last (see `hold`).
+   */
+  private bytesLeft: number | undefined;
   private finished = false;
   private readonly input: InputQueue | undefined;
 
@@ -78,6 +83,7 @@ export class StreamDriver {
     this.rules = { maxDepth: CHUNK_DEPTH, maxChunkBytes: spec.limits.maxChunkBytes };
     this.abort = createAbort();
     this.nextSeq = spec.resume?.seq ?? 0;
+    this.bytesLeft = spec.byteBudget?.left;
     if (spec.input !== undefined) this.input = new InputQueue(spec.input.window, (msg) => env.send(msg));
   }
 
@@ -131,6 +137,7 @@ export class StreamDriver {
           }
           this.push(step.value);
           if (this.cancelled !== undefined) throw new Stop();
+          if (this.overBudget) await this.hold();
         }
       }
       this.finish({ type: 'end', kind });
@@ -196,6 +203,7 @@ export class StreamDriver {
       this.batch.push(copy.data);
       bytes = copy.bytes;
     }
+    if (this.bytesLeft !== undefined && this.nextSeq >= this.spec.byteBudget!.fromSeq) this.bytesLeft -= bytes;
     if (this.batchCount === 0) this.batchFirstSeq = this.nextSeq;
     this.batchCount++;
     this.batchBytes += bytes;
@@ -208,7 +216,8 @@ export class StreamDriver {
     // (and return credit for) one half while the plugin fills the other.
     // The stream's first chunk goes at once: it is what a consumer waits on, and a plugin
     // busy after its first yield would otherwise hold it back until its next pause.
-    if (!this.credit.available || this.batchCount >= this.flushChunks || this.batchBytes >= this.flushBytes || !this.sentChunks) this.flush();
+    // A chunk past maxBytes goes at once too: the host ends the stream when it sees it.
+    if (this.overBudget || !this.credit.available || this.batchCount >= this.flushChunks || this.batchBytes >= this.flushBytes || !this.sentChunks) this.flush();
     else this.scheduleFlush();
   }
 
@@ -267,6 +276,26 @@ export class StreamDriver {
     }).then(() => {
       if (this.cancelled !== undefined) throw new Stop();
     });
+  }
+
+  private get overBudget(): boolean {
+    return this.bytesLeft !== undefined && this.bytesLeft < 0;
+  }
+
+  /**
+   * The chunk just sent passed maxBytes. The host delivers the chunks before it, ends
+   * the stream with ERR_LIMIT_BYTES and cancels this run; until then the plugin is not
+   * pulled again, as if out of credit. The limit is the host's to report: an isolate's
+   * driver runs in the plugin's realm, so a limit code sent from here could be forged
+   * (sandbox/isolate/process.ts lets no plugin claim one).
+   */
+  private async hold(): Promise<never> {
+    for (;;) {
+      if (this.cancelled !== undefined) throw new Stop();
+      await new Promise<void>((resolve) => {
+        this.creditWaiter = resolve;
+      });
+    }
   }
 
   private wake(): void {

@@ -1,6 +1,9 @@
 /** Host behaviour independent of the sandbox: admission, the queue, options, iteration rules. */
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { CONFORMANCE as P, collect, fixture, openHost, outcome, sleep } from './helpers.js';
 import { Sluice } from '../host/index.js';
 
@@ -123,4 +126,62 @@ test('a plugin loads while every stream thread is busy (loading has a thread of 
   assert.ok(host.plugins().some((p) => p.name === 'good'), 'the plugin loaded while the stream thread was busy');
   await blocker.cancel();
   assert.deepEqual((await collect(other)).map((c) => c.data), ['hello x']);
+});
+
+/** A scratch folder of files (path -> contents), removed after the test. */
+async function scratch(t: TestContext, files: Record<string, string>): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'sluice-host-test-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  for (const [path, text] of Object.entries(files)) {
+    await mkdir(join(dir, path, '..'), { recursive: true });
+    await writeFile(join(dir, path), text);
+  }
+  return dir;
+}
+
+test('an isolate plugin cannot import a file outside its folder, and can import its own', async (t) => {
+  const dir = await scratch(t, {
+    'secret.json': '{"apiKey":"host-only"}',
+    'plugins/leak.mjs': `import cfg from '../secret.json'; export const actions = { async leak() { return cfg; } };`,
+    'plugins/linked/index.mjs': `import cfg from './data.json'; export const actions = { async read() { return cfg; } };`,
+    'plugins/linked/data.json': '{"mine":true}',
+  });
+  const host = await openHost(t, { isolates: { processes: 1 } });
+  await assert.rejects(host.call(join(dir, 'plugins/leak.mjs'), 'leak', {}), (err: { code?: string; message: string }) => {
+    assert.equal(err.code, 'ERR_PLUGIN_LOAD');
+    assert.match(err.message, /outside its folder/);
+    assert.doesNotMatch(err.message, /host-only/);
+    return true;
+  });
+  assert.deepEqual(await host.call(join(dir, 'plugins/linked'), 'read', {}), { mine: true });
+});
+
+test('a single-file plugin that imports a Node builtin and exports sandbox "worker" loads and runs in a worker', async (t) => {
+  const dir = await scratch(t, {
+    'osinfo.mjs': `import { cpus } from 'node:os';
+export const manifest = { name: 'osinfo', version: '1.0.0', sandbox: 'worker' };
+export const actions = { async n() { return cpus().length > 0; } };`,
+    'untrusted.mjs': `import { cpus } from 'node:os';
+export const actions = { async n() { return cpus().length > 0; } };`,
+  });
+  const host = await openHost(t, { isolates: { processes: 1 } });
+  assert.equal(await host.call(join(dir, 'osinfo.mjs'), 'n', {}), true);
+  // Without the worker sandbox asked for, a module that needs Node is not run at all.
+  await assert.rejects(host.call(join(dir, 'untrusted.mjs'), 'n', {}), (err: { code?: string; message: string }) => err.code === 'ERR_PLUGIN_LOAD' && /node:os/.test(err.message));
+});
+
+test('call() keeps a plugin manifest\'s maxChunks; its own cap only bounds what nothing else does', async (t) => {
+  const dir = await scratch(t, {
+    'ten.mjs': `export const manifest = { name: 'ten', version: '1.0.0', sandbox: 'worker', limits: { maxChunks: 3 } };
+export const actions = { async *ten() { for (let i = 0; i < 10; i++) yield i; } };`,
+  });
+  const host = await openHost(t);
+  await assert.rejects(host.call(join(dir, 'ten.mjs'), 'ten', {}), (err: { code?: string }) => err.code === 'ERR_LIMIT_CHUNKS');
+  assert.deepEqual(await host.call(join(dir, 'ten.mjs'), 'ten', {}, { limits: { maxChunks: 10 } }), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+});
+
+test('isolates.maxStreams must be a positive integer (0 would queue every isolate stream forever)', async () => {
+  for (const maxStreams of [0, 1.5, -1]) {
+    await assert.rejects(Sluice.open({ logger: false, isolates: { processes: 1, maxStreams } }), (err: { code?: string; message: string }) => err.code === 'ERR_INVALID_ARGUMENT' && /maxStreams/.test(err.message));
+  }
 });

@@ -350,7 +350,7 @@ test('isolation: no Node APIs, no ivm, no Reference or Callback in any global', 
   assert.deepEqual(seen.ivmLike, []);
   // Every global is either a V8 builtin (what a fresh vm context has) or one of our shims.
   const builtins = new Set(Object.getOwnPropertyNames(vm.runInNewContext('globalThis')));
-  const shims = ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'queueMicrotask', 'console', 'TextEncoder', 'TextDecoder'];
+  const shims = ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'queueMicrotask', 'console', 'TextEncoder', 'TextDecoder', 'AbortController', 'AbortSignal'];
   const extra = seen.names.filter((n) => !builtins.has(n));
   assert.deepEqual(extra.filter((n) => !shims.includes(n)), []);
   for (const shim of shims) assert.ok(seen.names.includes(shim), `${shim} is installed`);

@@ -8,7 +8,13 @@
  *
  * Isolate plugins get no Node APIs, so importing a Node builtin fails here with a clear
  * ERR_PLUGIN_LOAD instead of at run time. `sluice/sdk` resolves to the compiled SDK.
+ *
+ * Bundling reads files on the host, with the host's rights, and puts their contents in
+ * the script: so a plugin's imports must stay inside its own folder (`root`, symlinks
+ * followed). Otherwise `import key from '/etc/app/config.json'` would hand an untrusted
+ * plugin any file the host can read.
  */
+import { realpathSync } from 'node:fs';
 import { builtinModules } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,9 +26,17 @@ export interface BundleOptions {
   minify?: boolean;
   /** Checked before and after the build (esbuild cannot stop a running build). */
   signal?: AbortSignal;
+  /** The folder the plugin's imports must stay in: a folder plugin's own folder. Default: the entry's folder. */
+  root?: string;
+  /**
+   * Resolve Node builtins to stand-ins that throw when used, instead of failing the build.
+   * Only for reading the manifest a plugin exports (does a trusted plugin ask for the
+   * worker sandbox?), never for running it.
+   */
+  stubBuiltins?: boolean;
 }
 
-const DEFAULT_BUNDLE_OPTIONS: Readonly<Required<Omit<BundleOptions, 'signal'>>> = Object.freeze({ minify: false });
+const DEFAULT_BUNDLE_OPTIONS: Readonly<Required<Omit<BundleOptions, 'signal' | 'root'>>> = Object.freeze({ minify: false, stubBuiltins: false });
 
 /** Name of the wrapper's bridge variable; runtime.ts reads and clears it. */
 const BRIDGE_PARAM = '__sluiceBridge';
@@ -40,23 +54,68 @@ function isNodeBuiltin(spec: string): boolean {
   return NODE_BUILTINS.has(spec) || NODE_BUILTINS.has(spec.split('/')[0] ?? '');
 }
 
-/** Resolve `sluice/*` to compiled pure-TS modules and refuse Node builtins. */
-const isolateResolver: esbuild.Plugin = {
-  name: 'sluice-isolate',
-  setup(build) {
-    build.onResolve({ filter: /^sluice(\/.*)?$/ }, (args) => {
-      if (args.path === 'sluice/sdk') return { path: SDK_PATH };
-      if (args.path === 'sluice/protocol') return { path: PROTOCOL_PATH };
-      return { errors: [{ text: `Isolate plugins can import only "sluice/sdk" and "sluice/protocol" from sluice, not "${args.path}"` }] };
-    });
-    build.onResolve({ filter: /.*/ }, (args) => {
-      if (args.kind === 'entry-point' || !isNodeBuiltin(args.path)) return undefined;
-      return {
-        errors: [{ text: `Isolate plugins cannot import the Node builtin "${args.path}": isolates have no Node APIs (use the 'worker' sandbox for trusted code that needs them)` }],
-      };
-    });
-  },
-};
+/** The runtime's own module tree: it may import within it, and nothing else may. */
+const SLUICE_DIRS = [path.dirname(path.dirname(RUNTIME_PATH)), path.dirname(PROTOCOL_PATH)].map((d) => realpathSync(d));
+const STUB_NAMESPACE = 'sluice-node-stub';
+/** The generated entry's file name (it exists only in memory, beside the plugin's entry). */
+const STDIN_SOURCE = 'sluice-isolate-entry.js';
+/** Marks esbuild.resolve calls made by the resolver itself, so it does not judge them twice. */
+const OWN_RESOLVE = Symbol('sluice-own-resolve');
+
+function inside(file: string, dirs: readonly string[]): boolean {
+  return dirs.some((dir) => file === dir || file.startsWith(dir + path.sep));
+}
+
+/**
+ * Resolve `sluice/*` to compiled pure-TS modules, refuse Node builtins (recording them in
+ * `builtins`), and keep every other import inside `root` or, for the runtime's own
+ * modules, inside sluice's tree.
+ */
+function isolateResolver(entry: string, root: string, stubBuiltins: boolean, builtins: string[]): esbuild.Plugin {
+  const realRoot = [realpathSync(root)];
+  return {
+    name: 'sluice-isolate',
+    setup(build) {
+      build.onResolve({ filter: /^sluice(\/.*)?$/ }, (args) => {
+        if (args.path === 'sluice/sdk') return { path: SDK_PATH };
+        if (args.path === 'sluice/protocol') return { path: PROTOCOL_PATH };
+        return { errors: [{ text: `Isolate plugins can import only "sluice/sdk" and "sluice/protocol" from sluice, not "${args.path}"` }] };
+      });
+      build.onResolve({ filter: /.*/ }, async (args) => {
+        if (args.kind === 'entry-point' || args.pluginData === OWN_RESOLVE) return undefined;
+        if (isNodeBuiltin(args.path)) {
+          builtins.push(args.path);
+          if (stubBuiltins) return { path: args.path, namespace: STUB_NAMESPACE };
+          return {
+            errors: [
+              {
+                text: `Isolate plugins cannot import the Node builtin "${args.path}": isolates have no Node APIs. Trusted code that needs them runs in the 'worker' sandbox: say \`sandbox: 'worker'\` in the plugin's plugin.json or package.json \`sluice\` key, or in its exported manifest if the module uses no builtin at its top level`,
+              },
+            ],
+          };
+        }
+        const found = await build.resolve(args.path, { kind: args.kind, resolveDir: args.resolveDir, importer: args.importer, pluginData: OWN_RESOLVE });
+        if (found.errors.length > 0 || found.namespace !== 'file' || found.path === '') return found.errors.length > 0 ? { errors: found.errors } : undefined;
+        const file = realpathSync(found.path);
+        const fromStdin = args.importer === path.join(path.dirname(entry), STDIN_SOURCE);
+        const allowed = fromStdin
+          ? file === realpathSync(entry) || file === realpathSync(RUNTIME_PATH)
+          : inside(realpathSync(args.importer), SLUICE_DIRS)
+            ? inside(file, SLUICE_DIRS)
+            : inside(file, realRoot);
+        if (!allowed) {
+          return { errors: [{ text: `Plugin imports "${args.path}" (${file}), outside its folder ${realRoot[0]}: isolate plugins can import only their own files` }] };
+        }
+        return { path: found.path, sideEffects: found.sideEffects };
+      });
+      // A stand-in that fails on use: enough to evaluate a module that only imports.
+      build.onLoad({ filter: /.*/, namespace: STUB_NAMESPACE }, (args) => ({
+        contents: `const fail = () => { throw new Error(${JSON.stringify(`${args.path} is not available here`)}); };\nmodule.exports = new Proxy(fail, { get: (_, key) => (key === '__esModule' ? false : fail) });`,
+        loader: 'js',
+      }));
+    },
+  };
+}
 
 function formatMessage(m: esbuild.Message): string {
   const where = m.location === null ? '' : `${m.location.file}:${m.location.line}:${m.location.column + 1}: `;
@@ -86,6 +145,8 @@ export async function bundleForIsolate(entryPath: string, options: BundleOptions
   }
   options.signal?.throwIfAborted();
   const entry = path.resolve(entryPath);
+  const root = path.resolve(opts.root ?? path.dirname(entry));
+  const builtins: string[] = [];
   const contents = [
     `export { dispatch } from ${JSON.stringify(RUNTIME_PATH)};`,
     `import { register } from ${JSON.stringify(RUNTIME_PATH)};`,
@@ -95,7 +156,7 @@ export async function bundleForIsolate(entryPath: string, options: BundleOptions
   let result: esbuild.BuildResult<{ write: false }>;
   try {
     result = await esbuild.build({
-      stdin: { contents, resolveDir: path.dirname(entry), sourcefile: 'sluice-isolate-entry.js', loader: 'js' },
+      stdin: { contents, resolveDir: path.dirname(entry), sourcefile: STDIN_SOURCE, loader: 'js' },
       bundle: true,
       write: false,
       format: 'iife',
@@ -107,14 +168,14 @@ export async function bundleForIsolate(entryPath: string, options: BundleOptions
       resolveExtensions: ['.ts', '.mts', '.js', '.mjs', '.cjs', '.json'],
       minify: opts.minify,
       logLevel: 'silent',
-      plugins: [isolateResolver],
+      plugins: [isolateResolver(entry, root, opts.stubBuiltins === true, builtins)],
     });
   } catch (err) {
     if (isBuildFailure(err)) {
       const messages = err.errors.map(formatMessage);
       throw new SluiceError('ERR_PLUGIN_LOAD', `Plugin ${entry} does not bundle for an isolate:\n${messages.join('\n')}`, {
         cause: err,
-        details: { entry, errors: messages },
+        details: { entry, errors: messages, ...(builtins.length > 0 ? { builtins: [...new Set(builtins)] } : {}) },
       });
     }
     throw new SluiceError('ERR_PLUGIN_LOAD', `Bundling ${entry} failed: ${String((err as Error)?.message ?? err)}`, { cause: err });

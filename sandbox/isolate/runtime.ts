@@ -27,6 +27,7 @@
  * and the bundle is strict (bundle.ts), so no `fn.arguments` exposes a frame anyway.
  */
 import { StreamDriver } from '../driver.js';
+import { MiniAbortController, MiniAbortSignal } from '../abort.js';
 import { SluiceError, describeThrown, toWireError } from '../../protocol/errors.js';
 import type { ActionKind, FromSandbox, StartSpec, ToSandbox } from '../../protocol/messages.js';
 import type { PluginLogger } from '../sdk.js';
@@ -322,6 +323,11 @@ function installShims(): void {
   defineGlobal('console', makeConsole());
   if (typeof (globalThis as { TextEncoder?: unknown }).TextEncoder === 'undefined') defineGlobal('TextEncoder', TextEncoderShim);
   if (typeof (globalThis as { TextDecoder?: unknown }).TextDecoder === 'undefined') defineGlobal('TextDecoder', TextDecoderShim);
+  // Installed before any driver exists, so ctx.signal is one of these and `instanceof AbortSignal` holds.
+  if (typeof (globalThis as { AbortController?: unknown }).AbortController === 'undefined') {
+    defineGlobal('AbortController', MiniAbortController);
+    defineGlobal('AbortSignal', MiniAbortSignal);
+  }
 }
 
 if (bridge !== undefined) installShims();
