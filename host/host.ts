@@ -55,9 +55,8 @@ function asSluiceError(err: unknown, fallback: 'ERR_PLUGIN_LOAD' | 'ERR_SANDBOX_
   return new SluiceError(wire.code, wire.message, { cause: err });
 }
 
-/** call()'s collection caps, passed to the stream it opens (not a public option). */
-const COLLECT_CAPS = Symbol('sluice.collectCaps');
-type CallOptions = StreamOptions & { [COLLECT_CAPS]?: { maxBytes: number; maxChunks: number } };
+/** call()'s collection caps: they bound only what nothing else bounds. */
+type CollectCaps = Pick<Limits, 'maxBytes' | 'maxChunks'>;
 
 export class Sluice implements AsyncDisposable {
   readonly #e: Engine;
@@ -215,7 +214,7 @@ export class Sluice implements AsyncDisposable {
    * its stream at once; failures to start surface when the stream is read.
    */
   stream(plugin: string, action: string, params?: unknown, options: StreamOptions = {}): SluiceStream {
-    return this.#launch(plugin, action, params, options, undefined);
+    return this.#launch(plugin, action, params, options, undefined, undefined);
   }
 
   /**
@@ -238,7 +237,7 @@ export class Sluice implements AsyncDisposable {
     if (saved.limits !== undefined) options.limits = saved.limits;
     if (saved.window !== undefined) options.window = saved.window;
     if (saved.priority !== undefined) options.priority = saved.priority;
-    return this.#launch(rec.plugin, rec.action, rec.params, options, rec);
+    return this.#launch(rec.plugin, rec.action, rec.params, options, rec, undefined);
   }
 
   /**
@@ -313,7 +312,7 @@ export class Sluice implements AsyncDisposable {
     return store;
   }
 
-  #launch(plugin: string, action: string, params: unknown, options: StreamOptions, resuming: StreamRecord | undefined): SluiceStream {
+  #launch(plugin: string, action: string, params: unknown, options: StreamOptions, resuming: StreamRecord | undefined, caps: CollectCaps | undefined): SluiceStream {
     this.#assertOpen();
     assertString(plugin, 'plugin', 'ERR_INVALID_ARGUMENT');
     assertString(action, 'action', 'ERR_INVALID_ARGUMENT', 256);
@@ -352,7 +351,7 @@ export class Sluice implements AsyncDisposable {
         void stream.result.then(() => signal.removeEventListener('abort', onAbort));
       }
     }
-    void this.#prepare(stream, params, options, limits, window, resuming);
+    void this.#prepare(stream, params, options, limits, window, resuming, caps);
     return stream;
   }
 
@@ -362,14 +361,21 @@ export class Sluice implements AsyncDisposable {
    * 1M chunks and 64 MiB here). Rejects with the stream's coded error.
    */
   async call(plugin: string, action: string, params?: unknown, options: StreamOptions = {}): Promise<unknown> {
-    const collecting: CallOptions = { ...options, [COLLECT_CAPS]: { maxBytes: DEFAULTS.callMaxBytes, maxChunks: DEFAULTS.callMaxChunks } };
-    const stream = this.stream(plugin, action, params, collecting) as HostStream;
+    const stream = this.#launch(plugin, action, params, options, undefined, { maxBytes: DEFAULTS.callMaxBytes, maxChunks: DEFAULTS.callMaxChunks }) as HostStream;
     const out: unknown[] = [];
     for await (const chunk of stream) out.push(chunk.data);
     return stream.kind === 'unary' ? out[0] : out;
   }
 
-  async #prepare(stream: HostStream, params: unknown, options: StreamOptions, limits: Partial<Limits>, window: Partial<Window>, resuming: StreamRecord | undefined): Promise<void> {
+  async #prepare(
+    stream: HostStream,
+    params: unknown,
+    options: StreamOptions,
+    limits: Partial<Limits>,
+    window: Partial<Window>,
+    resuming: StreamRecord | undefined,
+    caps: CollectCaps | undefined,
+  ): Promise<void> {
     const e = this.#e;
     try {
       const record = await e.registry.resolve(stream.plugin);
@@ -391,8 +397,7 @@ export class Sluice implements AsyncDisposable {
       const kind = options.sandbox ?? record.manifest.sandbox;
       if (e.pools[kind] === undefined) throw new SluiceError('ERR_INVALID_ARGUMENT', `This host runs no ${kind} sandbox`);
       const effective = resolveLimits(e.policy, e.defaults, record.manifest.limits ?? {}, limits);
-      // call()'s caps bound only what nothing else bounds: a manifest's or caller's limit stays.
-      const caps = (options as CallOptions)[COLLECT_CAPS];
+      // A manifest's or caller's limit stays; call()'s caps fill in only where there is none.
       if (caps !== undefined) {
         effective.maxBytes ||= caps.maxBytes;
         effective.maxChunks ||= caps.maxChunks;
@@ -590,7 +595,6 @@ function reasonText(reason: unknown): string {
   return typeof reason === 'string' ? reason : 'aborted';
 }
 
-/** The isolate sandbox, when its modules are present in this build. */
 /** Hand the sandbox what is left of the stream's maxBytes, so it stops the plugin at the limit itself (after `stream.setup`). */
 function setByteBudget(spec: StartSpec, stream: HostStream): void {
   const budget = stream.byteBudget();
@@ -598,6 +602,7 @@ function setByteBudget(spec: StartSpec, stream: HostStream): void {
   else spec.byteBudget = budget;
 }
 
+/** The isolate sandbox, when its modules are present in this build. */
 async function loadIsolateSandbox(options: { processes?: number }): Promise<{ pool: SandboxPool; bundle: IsolateBundler } | undefined> {
   let poolMod: Record<string, unknown>;
   let bundleMod: Record<string, unknown>;

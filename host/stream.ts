@@ -17,7 +17,7 @@ import { CreditBalance, CreditLedger, DEFAULT_WINDOW, type Window } from '../pro
 import { UNPACKED, copyChunk, packedLength, unpackChunks, type PackedBytes } from '../protocol/chunk.js';
 import { SluiceError, fromWireError, toWireError } from '../protocol/errors.js';
 import { LIMIT_ERROR, type Limits } from '../protocol/limits.js';
-import { MAX_RECYCLED_BUFFERS, type ActionKind, type ByteBudget, type FromSandbox, type ToSandbox } from '../protocol/messages.js';
+import { MAX_RECYCLED_BUFFERS, batchCount, type ActionKind, type ByteBudget, type FromSandbox, type ToSandbox } from '../protocol/messages.js';
 import { LogConsumer } from './log-consumer.js';
 import type { SandboxEvents, SandboxHandle } from './sandbox/types.js';
 import type { Chunk, Progress, ReadEvent, SluiceStream, StreamEvents, StreamResult, StreamStatus } from './types.js';
@@ -381,7 +381,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
       this.#protocolError(`batch starts at seq ${firstSeq}, expected ${this.#expectedSeq}`);
       return;
     }
-    const count = packed === undefined ? chunks.length : packed.sizes.length;
+    const count = batchCount({ chunks, packed });
     if (!ledger.receive(count, bytes, largest)) {
       this.#protocolError('sandbox sent more than its credit allows');
       return;
@@ -427,7 +427,7 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
       taken = limits.maxChunks - this.#chunks;
       over = 'maxChunks';
     }
-    if (limits.maxBytes > 0 && this.#bytes + bytes > limits.maxBytes) {
+    if (mayCrossBytes && this.#bytes + bytes > limits.maxBytes) {
       // Sizes come per batch; the one batch that crosses is measured chunk by chunk, so
       // every chunk within the limit is delivered and none past it. Measured here, not
       // taken from the sandbox: the sandbox stops its plugin at the same chunk
@@ -689,9 +689,11 @@ export class HostStream extends EventEmitter implements SluiceStream, SandboxEve
     const share = last ? batch.bytes - batch.returned : taken * Math.floor(batch.bytes / total);
     batch.returned += share;
     if (last) {
-      // Every packed chunk has been copied out (into `own`): the buffer can go back to be packed into again.
+      // Every packed chunk has been copied out (into `own`): the buffer can go back to be
+      // packed into again. Only then: judged by the copy, not by the handle, which a retry
+      // may have replaced since (a buffer consumers hold views of must never go back).
       const packed = batch.packed;
-      if (packed !== undefined && this.#spare.length < MAX_RECYCLED_BUFFERS && this.#handle?.movesBuffers === true) this.#spare.push(packed.bytes.buffer);
+      if (packed !== undefined && packed.own !== undefined && packed.own !== packed.bytes && this.#spare.length < MAX_RECYCLED_BUFFERS) this.#spare.push(packed.bytes.buffer);
       this.#batches[this.#bi] = undefined as unknown as Batch;
       this.#bi++;
       if (this.#bi === this.#batches.length) {

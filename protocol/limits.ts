@@ -61,6 +61,11 @@ export const MIN_MEMORY_MB = 8;
 
 const MAX_LIMIT = Number.MAX_SAFE_INTEGER;
 
+/** The smallest value a limit accepts (0 means "no limit" for all but memoryMb). */
+export function minLimit(name: LimitName): number {
+  return name === 'memoryMb' ? MIN_MEMORY_MB : 0;
+}
+
 /** Parse a partial limits object (from a manifest, a call, a CLI flag or a config file). */
 export function parsePartialLimits(value: unknown, field: string, code: ErrorCode): Partial<Limits> {
   if (value === undefined) return {};
@@ -74,7 +79,7 @@ export function parsePartialLimits(value: unknown, field: string, code: ErrorCod
   for (const name of LIMIT_NAMES) {
     const v = value[name];
     if (v === undefined) continue;
-    assertInteger(v, `${field}.${name}`, code, name === 'memoryMb' ? MIN_MEMORY_MB : 0, MAX_LIMIT);
+    assertInteger(v, `${field}.${name}`, code, minLimit(name), MAX_LIMIT);
     out[name] = v;
   }
   return out;

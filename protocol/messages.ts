@@ -90,7 +90,7 @@ export type FromSandbox =
   | { type: 'input-credit'; chunks: number; bytes: number };
 
 /** How many chunks a batch carries: packed ones included. */
-export function batchCount(batch: { chunks: unknown[]; packed?: PackedBytes }): number {
+export function batchCount(batch: { chunks: unknown[]; packed?: PackedBytes | undefined }): number {
   return batch.packed === undefined ? batch.chunks.length : batch.packed.sizes.length;
 }
 

@@ -14,10 +14,13 @@ function abortError(name: 'AbortError' | 'TimeoutError', message: string): Error
   return err;
 }
 
+/** `abort()` without a reason, as Node gives it. */
+const orDefault = (reason: unknown): unknown => (reason === undefined ? abortError('AbortError', 'This operation was aborted') : reason);
+
 export class MiniAbortSignal {
   static abort(reason?: unknown): MiniAbortSignal {
     const signal = new MiniAbortSignal();
-    signal.fire(reason === undefined ? abortError('AbortError', 'This operation was aborted') : reason);
+    signal.fire(orDefault(reason));
     return signal;
   }
 
@@ -80,7 +83,7 @@ export class MiniAbortSignal {
 export class MiniAbortController {
   readonly signal = new MiniAbortSignal();
   abort(reason?: unknown): void {
-    this.signal.fire(reason === undefined ? abortError('AbortError', 'This operation was aborted') : reason);
+    this.signal.fire(orDefault(reason));
   }
 }
 

@@ -65,10 +65,12 @@ export class StreamDriver {
   private creditWaiter: (() => void) | undefined;
   private cancelled: string | undefined;
   /**
-   * What is left of the stream's maxBytes (spec.byteBudget), undefined without one.
+   * What is left of the stream's maxBytes (spec.byteBudget), Infinity without one.
    * Negative once a chunk has passed it: that chunk was the run's last (see `hold`).
    */
-  private bytesLeft: number | undefined;
+  private bytesLeft: number;
+  /** The first seq the budget counts (chunks below it are repeats the host already has). */
+  private readonly budgetFrom: number;
   private finished = false;
   private readonly input: InputQueue | undefined;
 
@@ -83,7 +85,8 @@ export class StreamDriver {
     this.rules = { maxDepth: CHUNK_DEPTH, maxChunkBytes: spec.limits.maxChunkBytes };
     this.abort = createAbort();
     this.nextSeq = spec.resume?.seq ?? 0;
-    this.bytesLeft = spec.byteBudget?.left;
+    this.bytesLeft = spec.byteBudget?.left ?? Infinity;
+    this.budgetFrom = spec.byteBudget?.fromSeq ?? 0;
     if (spec.input !== undefined) this.input = new InputQueue(spec.input.window, (msg) => env.send(msg));
   }
 
@@ -137,7 +140,7 @@ export class StreamDriver {
           }
           this.push(step.value);
           if (this.cancelled !== undefined) throw new Stop();
-          if (this.overBudget) await this.hold();
+          if (this.bytesLeft < 0) await this.hold();
         }
       }
       this.finish({ type: 'end', kind });
@@ -203,7 +206,7 @@ export class StreamDriver {
       this.batch.push(copy.data);
       bytes = copy.bytes;
     }
-    if (this.bytesLeft !== undefined && this.nextSeq >= this.spec.byteBudget!.fromSeq) this.bytesLeft -= bytes;
+    if (this.nextSeq >= this.budgetFrom) this.bytesLeft -= bytes;
     if (this.batchCount === 0) this.batchFirstSeq = this.nextSeq;
     this.batchCount++;
     this.batchBytes += bytes;
@@ -217,7 +220,7 @@ export class StreamDriver {
     // The stream's first chunk goes at once: it is what a consumer waits on, and a plugin
     // busy after its first yield would otherwise hold it back until its next pause.
     // A chunk past maxBytes goes at once too: the host ends the stream when it sees it.
-    if (this.overBudget || !this.credit.available || this.batchCount >= this.flushChunks || this.batchBytes >= this.flushBytes || !this.sentChunks) this.flush();
+    if (!this.credit.available || this.batchCount >= this.flushChunks || this.batchBytes >= this.flushBytes || !this.sentChunks || this.bytesLeft < 0) this.flush();
     else this.scheduleFlush();
   }
 
@@ -271,15 +274,7 @@ export class StreamDriver {
       if (this.cancelled !== undefined) throw new Stop();
     }
     if (this.credit.available) return;
-    return new Promise<void>((resolve) => {
-      this.creditWaiter = resolve;
-    }).then(() => {
-      if (this.cancelled !== undefined) throw new Stop();
-    });
-  }
-
-  private get overBudget(): boolean {
-    return this.bytesLeft !== undefined && this.bytesLeft < 0;
+    return this.woken();
   }
 
   /**
@@ -290,12 +285,17 @@ export class StreamDriver {
    * (sandbox/isolate/process.ts lets no plugin claim one).
    */
   private async hold(): Promise<never> {
-    for (;;) {
+    for (;;) await this.woken();
+  }
+
+  /** The next wake() (a grant or a cancel); throws Stop once cancelled. */
+  private woken(): Promise<void> {
+    if (this.cancelled !== undefined) throw new Stop();
+    return new Promise<void>((resolve) => {
+      this.creditWaiter = resolve;
+    }).then(() => {
       if (this.cancelled !== undefined) throw new Stop();
-      await new Promise<void>((resolve) => {
-        this.creditWaiter = resolve;
-      });
-    }
+    });
   }
 
   private wake(): void {

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { test, type TestContext } from 'node:test';
-import { CONFORMANCE, fixture } from './helpers.js';
+import { CONFORMANCE, fixture, ndjson, runNode, type NodeRun } from './helpers.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const pkg = createRequire(import.meta.url)('../../package.json') as { bin: { sluice: string } };
@@ -23,12 +23,6 @@ const FINALLY_PLUGIN = fixture('plugins/cli-finally.ts');
 const RUN_TIMEOUT_MS = 45_000;
 const TEST_TIMEOUT_MS = 120_000;
 
-interface CliRun {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
-
 function spawnCli(t: TestContext, args: string[], cwd = ROOT): ChildProcessWithoutNullStreams {
   const child = spawn(process.execPath, ['--no-node-snapshot', CLI, ...args], { cwd, stdio: 'pipe' });
   child.stdin.end();
@@ -39,26 +33,8 @@ function spawnCli(t: TestContext, args: string[], cwd = ROOT): ChildProcessWitho
 }
 
 /** Run `sluice <args>` to its end; past RUN_TIMEOUT_MS it is killed and the test fails. */
-function runCli(t: TestContext, args: string[], cwd = ROOT): Promise<CliRun> {
-  const child = spawnCli(t, args, cwd);
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      child.kill('SIGKILL');
-      reject(new Error(`sluice ${args.join(' ')} did not exit within ${RUN_TIMEOUT_MS} ms; stderr: ${stderr}`));
-    }, RUN_TIMEOUT_MS);
-    child.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+function runCli(args: string[], cwd = ROOT): Promise<NodeRun> {
+  return runNode(['--no-node-snapshot', CLI, ...args], RUN_TIMEOUT_MS, cwd);
 }
 
 /** A folder with no `plugins` subfolder, removed after the test. */
@@ -68,26 +44,19 @@ async function emptyDir(t: TestContext): Promise<string> {
   return dir;
 }
 
-function lines(stdout: string): Record<string, unknown>[] {
-  return stdout
-    .trimEnd()
-    .split('\n')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
-
 function lastLine(stdout: string): Record<string, unknown> {
-  return lines(stdout).at(-1)!;
+  return ndjson(stdout).at(-1)!;
 }
 
 test('--json prints exactly one {seq,data} line per chunk, then {done,chunks}, exit 0', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-  const r = await runCli(t, ['run', CONFORMANCE, 'count', '--params', '{"to":3}', '--json']);
+  const r = await runCli(['run', CONFORMANCE, 'count', '--params', '{"to":3}', '--json']);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout, '{"seq":0,"data":{"i":0}}\n{"seq":1,"data":{"i":1}}\n{"seq":2,"data":{"i":2}}\n{"done":true,"chunks":3}\n');
   assert.equal(r.stderr, '');
 });
 
 test('human output prints each chunk on its own line and no progress bar off a terminal', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-  const r = await runCli(t, ['run', CONFORMANCE, 'syncCount', '--params', '{"to":3}']);
+  const r = await runCli(['run', CONFORMANCE, 'syncCount', '--params', '{"to":3}']);
   assert.equal(r.code, 0, r.stderr);
   assert.equal(r.stdout, '0\n1\n2\n');
   assert.equal(r.stderr, '');
@@ -95,54 +64,56 @@ test('human output prints each chunk on its own line and no progress bar off a t
 
 test('the default ./plugins folder is optional; a --plugins folder the user named must exist', { timeout: TEST_TIMEOUT_MS }, async (t) => {
   const cwd = await emptyDir(t);
-  const byPath = await runCli(t, ['run', CONFORMANCE, 'count', '--params', '{"to":2}', '--json'], cwd);
+  const byPath = await runCli(['run', CONFORMANCE, 'count', '--params', '{"to":2}', '--json'], cwd);
   assert.equal(byPath.code, 0, byPath.stdout + byPath.stderr);
   assert.deepEqual(lastLine(byPath.stdout), { done: true, chunks: 2 });
 
-  const named = await runCli(t, ['run', CONFORMANCE, 'count', '--params', '{"to":2}', '--plugins', './missing', '--json'], cwd);
+  const named = await runCli(['run', CONFORMANCE, 'count', '--params', '{"to":2}', '--plugins', './missing', '--json'], cwd);
   assert.equal(named.code, 1);
   const { error } = lastLine(named.stdout) as { error: { code: string; message: string } };
   assert.equal(error.code, 'ERR_CONFIG_INVALID');
   assert.match(error.message, /missing cannot be read/);
 
   // Where ./plugins exists it is still the default: plugins are found by name.
-  const byName = await runCli(t, ['run', 'records', 'transform', '--params', '{"rows":2}', '--json'], ROOT);
+  const byName = await runCli(['run', 'records', 'transform', '--params', '{"rows":2}', '--json'], ROOT);
   assert.equal(byName.code, 0, byName.stdout + byName.stderr);
   assert.deepEqual(lastLine(byName.stdout), { done: true, chunks: 2 });
 });
 
-test('a reader closing stdout (| head -1) cancels the stream: its finally runs, exit 141, nothing on stderr', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-  const dir = await emptyDir(t);
-  const marker = join(dir, 'finally');
-  const child = spawnCli(t, ['run', FINALLY_PLUGIN, 'forever', '--params', JSON.stringify({ marker }), '--json']);
-  let stderr = '';
-  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
-  const first = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`no chunk within ${RUN_TIMEOUT_MS} ms; stderr: ${stderr}`)), RUN_TIMEOUT_MS);
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => {
-      out += d.toString();
-      const nl = out.indexOf('\n');
-      if (nl < 0) return;
-      clearTimeout(timer);
-      // What `head -1` does: take a line, close the pipe.
-      child.stdout.destroy();
-      resolve(out.slice(0, nl));
+for (const json of [true, false]) {
+  test(`a reader closing stdout (| head -1) cancels the stream: its finally runs, exit 141, nothing on stderr (${json ? '--json' : 'human'})`, { timeout: TEST_TIMEOUT_MS }, async (t) => {
+    const dir = await emptyDir(t);
+    const marker = join(dir, 'finally');
+    const child = spawnCli(t, ['run', FINALLY_PLUGIN, 'forever', '--params', JSON.stringify({ marker }), ...(json ? ['--json'] : [])]);
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    const first = await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`no chunk within ${RUN_TIMEOUT_MS} ms; stderr: ${stderr}`)), RUN_TIMEOUT_MS);
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        const nl = out.indexOf('\n');
+        if (nl < 0) return;
+        clearTimeout(timer);
+        // What `head -1` does: take a line, close the pipe.
+        child.stdout.destroy();
+        resolve(out.slice(0, nl));
+      });
     });
+    assert.deepEqual(json ? JSON.parse(first) : first, json ? { seq: 0, data: 0 } : '0');
+    const code = await Promise.race([exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), RUN_TIMEOUT_MS).unref())]);
+    assert.equal(code, 141, `stderr: ${stderr}`);
+    assert.equal(stderr, '');
+    assert.match(await readFile(marker, 'utf8'), /^finally after \d+$/);
   });
-  assert.deepEqual(JSON.parse(first), { seq: 0, data: 0 });
-  const code = await Promise.race([exited, new Promise<'hung'>((r) => setTimeout(() => r('hung'), RUN_TIMEOUT_MS).unref())]);
-  assert.equal(code, 141, `stderr: ${stderr}`);
-  assert.equal(stderr, '');
-  assert.match(await readFile(marker, 'utf8'), /^finally after \d+$/);
-});
+}
 
 test('--limit-memory-mb below the minimum is a usage error naming the flag typed, exit 2', { timeout: TEST_TIMEOUT_MS }, async (t) => {
   for (const flag of ['--limit-memory-mb', '--limit-memoryMb']) {
-    const r = await runCli(t, ['run', CONFORMANCE, 'count', '--params', '{"to":2}', flag, '4', '--json']);
+    const r = await runCli(['run', CONFORMANCE, 'count', '--params', '{"to":2}', flag, '4', '--json']);
     assert.equal(r.code, 2, r.stdout + r.stderr);
-    const all = lines(r.stdout);
+    const all = ndjson(r.stdout);
     assert.equal(all.length, 1, 'no chunk ran');
     const { error } = all[0] as { error: { code: string; message: string } };
     assert.equal(error.code, 'ERR_CLI_USAGE');
@@ -153,15 +124,15 @@ test('--limit-memory-mb below the minimum is a usage error naming the flag typed
 });
 
 test('a plugin that throws ends --json with {"error":{code,message}} after its chunks, exit 1', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-  const r = await runCli(t, ['run', WORKER_PLUGIN, 'failAfter', '--params', '{"after":2}', '--json']);
+  const r = await runCli(['run', WORKER_PLUGIN, 'failAfter', '--params', '{"after":2}', '--json']);
   assert.equal(r.code, 1, r.stderr);
-  assert.deepEqual(lines(r.stdout), [{ seq: 0, data: 0 }, { seq: 1, data: 1 }, { error: { code: 'ERR_PLUGIN_THREW', message: 'broke after 2' } }]);
+  assert.deepEqual(ndjson(r.stdout), [{ seq: 0, data: 0 }, { seq: 1, data: 1 }, { error: { code: 'ERR_PLUGIN_THREW', message: 'broke after 2' } }]);
 });
 
 test('--limit-max-chunks 3 stops the stream after 3 chunks with ERR_LIMIT_CHUNKS, exit 1', { timeout: TEST_TIMEOUT_MS }, async (t) => {
-  const r = await runCli(t, ['run', CONFORMANCE, 'count', '--params', '{"to":10}', '--limit-max-chunks', '3', '--json']);
+  const r = await runCli(['run', CONFORMANCE, 'count', '--params', '{"to":10}', '--limit-max-chunks', '3', '--json']);
   assert.equal(r.code, 1, r.stderr);
-  const all = lines(r.stdout);
+  const all = ndjson(r.stdout);
   assert.deepEqual(all.slice(0, 3), [0, 1, 2].map((i) => ({ seq: i, data: { i } })));
   assert.equal(all.length, 4);
   assert.equal((all[3] as { error: { code: string } }).error.code, 'ERR_LIMIT_CHUNKS');
@@ -170,9 +141,9 @@ test('--limit-max-chunks 3 stops the stream after 3 chunks with ERR_LIMIT_CHUNKS
 test('--sandbox isolate runs a plugin its manifest puts in a worker in an isolate instead', { timeout: TEST_TIMEOUT_MS }, async (t) => {
   const seen: Record<string, unknown> = {};
   for (const [name, flags] of [['manifest', []], ['isolate', ['--sandbox', 'isolate']]] as const) {
-    const r = await runCli(t, ['run', WORKER_PLUGIN, 'where', ...flags, '--json']);
+    const r = await runCli(['run', WORKER_PLUGIN, 'where', ...flags, '--json']);
     assert.equal(r.code, 0, r.stdout + r.stderr);
-    const all = lines(r.stdout);
+    const all = ndjson(r.stdout);
     assert.deepEqual(all.at(-1), { done: true, chunks: 1 });
     seen[name] = (all[0] as { data: { process: string } }).data.process;
   }
@@ -191,15 +162,15 @@ test('bad arguments are ERR_CLI_USAGE naming the flag, exit 2, in both output mo
     { args: ['--sandbox', 'vm'], names: '--sandbox' },
   ];
   for (const { args, names } of cases) {
-    const json = await runCli(t, ['run', CONFORMANCE, 'count', ...args, '--json'], cwd);
+    const json = await runCli(['run', CONFORMANCE, 'count', ...args, '--json'], cwd);
     assert.equal(json.code, 2, `${args.join(' ')}: ${json.stdout}${json.stderr}`);
-    const all = lines(json.stdout);
+    const all = ndjson(json.stdout);
     assert.equal(all.length, 1, json.stdout);
     const { error } = all[0] as { error: { code: string; message: string } };
     assert.equal(error.code, 'ERR_CLI_USAGE', args.join(' '));
     assert.ok(error.message.includes(names), `${args.join(' ')}: ${error.message}`);
 
-    const human = await runCli(t, ['run', CONFORMANCE, 'count', ...args], cwd);
+    const human = await runCli(['run', CONFORMANCE, 'count', ...args], cwd);
     assert.equal(human.code, 2, args.join(' '));
     assert.equal(human.stdout, '');
     assert.match(human.stderr, /^sluice: ERR_CLI_USAGE: .+\n$/);

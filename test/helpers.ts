@@ -56,9 +56,9 @@ export interface NodeRun {
  * child is SIGKILLed and the promise rejects, naming the command and its stderr. A
  * child that dies by a signal of its own (SIGABRT) resolves, with `signal` set.
  */
-export function runNode(args: string[], timeoutMs = 20_000): Promise<NodeRun> {
+export function runNode(args: string[], timeoutMs = 20_000, cwd?: string): Promise<NodeRun> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(cwd === undefined ? {} : { cwd }) });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -71,9 +71,18 @@ export function runNode(args: string[], timeoutMs = 20_000): Promise<NodeRun> {
       clearTimeout(timer);
       reject(err);
     });
-    child.on('exit', (code, signal) => {
+    // 'close', not 'exit': output still in the pipes when the process exits arrives before it.
+    child.on('close', (code, signal) => {
       clearTimeout(timer);
       resolve({ code, signal, stdout, stderr });
     });
   });
+}
+
+/** NDJSON output as objects, one per non-empty line. */
+export function ndjson(text: string): Record<string, unknown>[] {
+  return text
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
 }

@@ -1,7 +1,7 @@
 /** Host behaviour independent of the sandbox: admission, the queue, options, iteration rules. */
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CONFORMANCE as P, collect, fixture, openHost, outcome, sleep } from './helpers.js';
@@ -154,6 +154,10 @@ test('an isolate plugin cannot import a file outside its folder, and can import 
     return true;
   });
   assert.deepEqual(await host.call(join(dir, 'plugins/linked'), 'read', {}), { mine: true });
+  // A link inside the folder to a file outside is judged by where it leads.
+  await symlink(join(dir, 'secret.json'), join(dir, 'plugins/linked/data.json.link'));
+  await writeFile(join(dir, 'plugins/linked/index.mjs'), `import cfg from './data.json.link' with { type: 'json' }; export const actions = { async read() { return cfg; } };`);
+  await assert.rejects(host.call(join(dir, 'plugins/linked/index.mjs'), 'read', {}), (err: { code?: string; message: string }) => err.code === 'ERR_PLUGIN_LOAD' && /outside its folder/.test(err.message));
 });
 
 test('a single-file plugin that imports a Node builtin and exports sandbox "worker" loads and runs in a worker', async (t) => {

@@ -24,6 +24,7 @@ import { backoffDelay, shouldRetry } from '../host/tasks/retry.js';
 import { findCycle } from '../host/tasks/graph.js';
 import type { GraphInfo, TaskInfo, TaskStatusEvent } from '../host/tasks/state.js';
 import { GraphFiles } from '../host/tasks/files.js';
+import { ndjson } from './helpers.js';
 
 const fixture = (path: string): string => fileURLToPath(new URL(`../../test/fixtures/${path}`, import.meta.url));
 const CONF = fixture('plugins/conformance.ts');
@@ -947,12 +948,6 @@ function cli(args: string[], timeoutMs = DEADLINE_MS): Promise<CliResult> {
   });
 }
 
-function ndjson(text: string): Record<string, unknown>[] {
-  return text
-    .split('\n')
-    .filter((l) => l.trim() !== '')
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
 
 async function dataDir(t: TestContext): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'sluice-tasks-cli-'));

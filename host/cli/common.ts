@@ -93,6 +93,11 @@ export function reportError(err: unknown, json: boolean): number {
   return EXIT.failed;
 }
 
+/** A chunk's data as a human output line: a string as it is, anything else as JSON. */
+export function chunkLine(data: unknown): string {
+  return `${typeof data === 'string' ? data : JSON.stringify(data, jsonReplacer)}\n`;
+}
+
 /** JSON for a chunk's data: bytes become `{ "$bytes": base64 }` since JSON has no binary type. */
 export function jsonReplacer(_key: string, value: unknown): unknown {
   if (value instanceof Uint8Array) return { $bytes: Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString('base64') };

@@ -1,7 +1,7 @@
 /** `sluice plugins ls`: what the plugins folder holds, and what failed to load and why. */
 import type { Command } from 'commander';
 import { Sluice } from '../host.js';
-import { CLI_DEFAULTS, EXIT, reportError } from './common.js';
+import { CLI_DEFAULTS, EXIT, reportError, writeStdout } from './common.js';
 
 export function register(program: Command): void {
   program
@@ -15,11 +15,11 @@ export function register(program: Command): void {
         host = await Sluice.open({ plugins: opts.plugins, logger: false });
         const plugins = host.plugins();
         const problems = host.pluginProblems().map((p) => ({ path: p.path, code: p.error.code, message: p.error.message }));
-        if (opts.json === true) process.stdout.write(`${JSON.stringify({ plugins, problems }, null, 2)}\n`);
+        if (opts.json === true) writeStdout(`${JSON.stringify({ plugins, problems }, null, 2)}\n`);
         else {
           for (const p of plugins) {
-            process.stdout.write(`${p.name}@${p.version} [${p.sandbox}]${p.description === undefined ? '' : ` ${p.description}`}\n`);
-            for (const [name, a] of Object.entries(p.actions)) process.stdout.write(`  ${name} (${a.kind})${a.description === undefined ? '' : `: ${a.description}`}\n`);
+            writeStdout(`${p.name}@${p.version} [${p.sandbox}]${p.description === undefined ? '' : ` ${p.description}`}\n`);
+            for (const [name, a] of Object.entries(p.actions)) writeStdout(`  ${name} (${a.kind})${a.description === undefined ? '' : `: ${a.description}`}\n`);
           }
           for (const p of problems) process.stderr.write(`sluice: ${p.code}: ${p.message}\n`);
         }

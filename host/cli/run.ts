@@ -11,10 +11,10 @@
 import { readFile } from 'node:fs/promises';
 import { InvalidArgumentError, Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
-import { LIMIT_NAMES, MIN_MEMORY_MB, type LimitName, type Limits } from '../../protocol/limits.js';
+import { LIMIT_NAMES, minLimit, type LimitName, type Limits } from '../../protocol/limits.js';
 import { Sluice } from '../host.js';
 import type { Durability, SluiceStream, StreamOptions } from '../types.js';
-import { CLI_DEFAULTS, EXIT, jsonReplacer, parseJsonOption, parseNonNegativeInt, pluginsFolder, reportError, usageError, writeStdout } from './common.js';
+import { CLI_DEFAULTS, EXIT, chunkLine, jsonReplacer, parseJsonOption, parseNonNegativeInt, pluginsFolder, reportError, usageError, writeStdout } from './common.js';
 
 interface RunOptions {
   params?: unknown;
@@ -40,7 +40,7 @@ function kebab(name: string): string {
 function limitParser(name: LimitName): (value: string) => number {
   return (value) => {
     const n = parseNonNegativeInt(value);
-    if (name === 'memoryMb' && n < MIN_MEMORY_MB) throw new InvalidArgumentError(`expected at least ${MIN_MEMORY_MB} (the smallest heap a sandbox accepts), got \`${value}\``);
+    if (n < minLimit(name)) throw new InvalidArgumentError(`expected at least ${minLimit(name)}, got \`${value}\``);
     return n;
   };
 }
@@ -78,9 +78,9 @@ async function readParamsFile(file: string): Promise<unknown> {
     throw usageError(`--params-file: cannot read ${file}: ${(err as Error).message}`);
   }
   try {
-    return JSON.parse(text) as unknown;
+    return parseJsonOption(text);
   } catch (err) {
-    throw usageError(`--params-file: ${file} is not JSON: ${(err as Error).message}`);
+    throw usageError(`--params-file: ${file}: ${(err as Error).message}`);
   }
 }
 
@@ -161,7 +161,7 @@ export async function printStream(stream: SluiceStream, json: boolean): Promise<
         // The bar redraws on stderr; clear it so data lines on stdout stay clean.
         if (barStarted) bar?.stop();
         barStarted = false;
-        writeStdout(`${typeof chunk.data === 'string' ? chunk.data : JSON.stringify(chunk.data, jsonReplacer)}\n`);
+        writeStdout(chunkLine(chunk.data));
       }
     }
   } finally {

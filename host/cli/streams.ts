@@ -9,7 +9,7 @@ import { SluiceError } from '../../protocol/errors.js';
 import { Store } from '../store/store.js';
 import { Sluice } from '../host.js';
 import type { StreamStatus } from '../types.js';
-import { CLI_DEFAULTS, EXIT, jsonReplacer, parseNonNegativeInt, reportError } from './common.js';
+import { CLI_DEFAULTS, EXIT, chunkLine, jsonReplacer, parseNonNegativeInt, reportError, writeStdout } from './common.js';
 import { printStream } from './run.js';
 
 interface StoreOpts {
@@ -34,7 +34,7 @@ async function withStore(opts: StoreOpts, fn: (store: Store) => Promise<number>,
   }
 }
 
-const out = (value: unknown): boolean => process.stdout.write(`${JSON.stringify(value, jsonReplacer)}\n`);
+const out = (value: unknown): void => writeStdout(`${JSON.stringify(value, jsonReplacer)}\n`);
 
 export function register(program: Command): void {
   const streams = program.command('streams').description('Durable streams in the data folder');
@@ -51,7 +51,7 @@ export function register(program: Command): void {
         for (const r of store.listStreams(opts.status === undefined ? {} : { status: opts.status })) {
           const row = { id: r.id, plugin: r.plugin, action: r.action, status: r.status, durability: r.durability, chunks: store.logTail(r.id), updatedAt: new Date(r.updatedAt).toISOString() };
           if (opts.json === true) out(row);
-          else process.stdout.write(`${row.id}  ${row.status.padEnd(9)} ${row.durability.padEnd(10)} ${String(row.chunks).padStart(8)} chunks  ${row.plugin} ${row.action}  ${row.updatedAt}\n`);
+          else writeStdout(`${row.id}  ${row.status.padEnd(9)} ${row.durability.padEnd(10)} ${String(row.chunks).padStart(8)} chunks  ${row.plugin} ${row.action}  ${row.updatedAt}\n`);
         }
         return EXIT.ok;
       }),
@@ -69,7 +69,7 @@ export function register(program: Command): void {
         if (r === undefined) return notFound(id, opts.json === true);
         const cp = store.getCheckpoint(id);
         const info = { ...r, log: { head: store.logHead(id), tail: store.logTail(id) }, checkpoint: cp === undefined ? null : { seq: cp.seq, time: new Date(cp.time).toISOString(), state: cp.state } };
-        process.stdout.write(opts.json === true ? `${JSON.stringify(info, jsonReplacer)}\n` : `${JSON.stringify(info, jsonReplacer, 2)}\n`);
+        writeStdout(opts.json === true ? `${JSON.stringify(info, jsonReplacer)}\n` : `${JSON.stringify(info, jsonReplacer, 2)}\n`);
         return EXIT.ok;
       }),
     );
@@ -93,7 +93,7 @@ export function register(program: Command): void {
             if (e.type === 'chunk') {
               count++;
               if (opts.json === true) out({ seq: e.seq, data: e.data });
-              else process.stdout.write(`${typeof e.data === 'string' ? e.data : JSON.stringify(e.data, jsonReplacer)}\n`);
+              else writeStdout(chunkLine(e.data));
               if (e.seq >= tail - 1) break;
             } else if (e.type === 'gap') {
               if (opts.json === true) out(e);

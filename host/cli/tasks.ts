@@ -21,7 +21,7 @@ import { GraphFiles, type StoredGraph } from '../tasks/files.js';
 import { TaskGraph } from '../tasks/runner.js';
 import { parseTaskGraph } from '../tasks/spec.js';
 import { isFinal, type GraphInfo, type TaskInfo, type TaskStatusEvent } from '../tasks/state.js';
-import { CLI_DEFAULTS, EXIT, reportError, usageError } from './common.js';
+import { CLI_DEFAULTS, EXIT, reportError, usageError, writeStdout } from './common.js';
 
 const TASKS_FOLDER = 'tasks';
 /** How long `cancel` waits for the running process to confirm. */
@@ -180,7 +180,7 @@ async function submit(file: string, opts: SubmitOptions, pluginsGiven: boolean):
   const json = opts.json === true;
   let host: Sluice | undefined;
   let interrupted = false;
-  const out = (line: string): void => void process.stdout.write(`${line}\n`);
+  const out = (line: string): void => writeStdout(`${line}\n`);
   try {
     const raw = await readTaskFile(file);
     const definition = withDefaultSandbox(resolvePluginPaths(raw, dirname(resolve(file))), opts.sandbox);
@@ -203,7 +203,17 @@ async function submit(file: string, opts: SubmitOptions, pluginsGiven: boolean):
     const persisted = files?.attach(graph, (err) => reportError(err, false));
     if (json) out(JSON.stringify({ type: 'graph', id: graph.id, name: graph.name, tasks: graph.status().tasks.length, ...(files === undefined ? {} : { state: join(files.dir, `${graph.id}.json`) }) }));
     else process.stderr.write(`graph ${graph.id}${files === undefined ? '' : ` (state in ${files.dir})`}\n`);
-    graph.on('status', (e) => out(json ? JSON.stringify({ type: 'status', ...e }) : describeEvent(e)));
+    // Thrown from here it would land in the graph's emit: stop the graph, report after.
+    let lostStdout: unknown;
+    graph.on('status', (e) => {
+      if (lostStdout !== undefined) return;
+      try {
+        out(json ? JSON.stringify({ type: 'status', ...e }) : describeEvent(e));
+      } catch (err) {
+        lostStdout = err;
+        graph.cancel(undefined, 'stdout closed');
+      }
+    });
 
     const onSignal = (): void => {
       interrupted = true;
@@ -219,6 +229,7 @@ async function submit(file: string, opts: SubmitOptions, pluginsGiven: boolean):
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
     }
+    if (lostStdout !== undefined) throw lostStdout;
     if (json) out(JSON.stringify({ type: 'end', graph: info }));
     else {
       out(summary(info));
@@ -247,10 +258,10 @@ async function list(opts: ReadOptions): Promise<number> {
     for (const p of problems) reportError(p, false);
     for (const g of graphs) {
       const i = g.info;
-      if (json) process.stdout.write(`${JSON.stringify({ id: i.id, name: i.name, status: i.status, alive: g.alive, pid: i.pid, createdAt: i.createdAt, endedAt: i.endedAt, counts: i.counts })}\n`);
+      if (json) writeStdout(`${JSON.stringify({ id: i.id, name: i.name, status: i.status, alive: g.alive, pid: i.pid, createdAt: i.createdAt, endedAt: i.endedAt, counts: i.counts })}\n`);
       else {
         const c = i.counts;
-        process.stdout.write(`${i.id.padEnd(32)} ${statusOf(g).padEnd(12)} ${c.done}/${i.tasks.length} done, ${c.failed} failed, ${c.cancelled} cancelled  ${new Date(i.createdAt).toISOString()}\n`);
+        writeStdout(`${i.id.padEnd(32)} ${statusOf(g).padEnd(12)} ${c.done}/${i.tasks.length} done, ${c.failed} failed, ${c.cancelled} cancelled  ${new Date(i.createdAt).toISOString()}\n`);
       }
     }
     if (!json && graphs.length === 0) process.stderr.write(`no task graphs in ${stateFolder(opts.data)}\n`);
@@ -273,20 +284,20 @@ async function show(graph: string, task: string | undefined, opts: ReadOptions):
     const info = stored.info;
     if (task !== undefined) {
       const t = findTask(info, task);
-      if (json) process.stdout.write(`${JSON.stringify(t)}\n`);
+      if (json) writeStdout(`${JSON.stringify(t)}\n`);
       else {
-        process.stdout.write(`${describeTask(t).trim()}\n  kind ${t.kind}${t.plugin === undefined ? '' : `  ${t.plugin} ${t.action}`}  priority ${t.priority}  dependsOn [${t.dependsOn.join(', ')}]\n`);
+        writeStdout(`${describeTask(t).trim()}\n  kind ${t.kind}${t.plugin === undefined ? '' : `  ${t.plugin} ${t.action}`}  priority ${t.priority}  dependsOn [${t.dependsOn.join(', ')}]\n`);
         for (const a of t.attempts) {
           const ran = a.startedAt !== undefined && a.endedAt !== undefined ? `${Math.round(a.endedAt - a.startedAt)} ms` : '-';
-          process.stdout.write(`  attempt ${a.attempt}: ${a.status}  queued ${clock(a.queuedAt)}  ran ${ran}  chunks ${a.chunks}${a.resumedFrom === undefined ? '' : `  resumed from ${a.resumedFrom}`}${a.error === undefined ? '' : `  ${a.error.code}: ${a.error.message}`}\n`);
+          writeStdout(`  attempt ${a.attempt}: ${a.status}  queued ${clock(a.queuedAt)}  ran ${ran}  chunks ${a.chunks}${a.resumedFrom === undefined ? '' : `  resumed from ${a.resumedFrom}`}${a.error === undefined ? '' : `  ${a.error.code}: ${a.error.message}`}\n`);
         }
       }
       return EXIT.ok;
     }
-    if (json) process.stdout.write(`${JSON.stringify({ ...info, alive: stored.alive })}\n`);
+    if (json) writeStdout(`${JSON.stringify({ ...info, alive: stored.alive })}\n`);
     else {
-      process.stdout.write(`${summary(info)}${stored.alive ? '' : ` (process ${info.pid} gone)`}\n`);
-      for (const t of info.tasks) process.stdout.write(`${describeTask(t)}\n`);
+      writeStdout(`${summary(info)}${stored.alive ? '' : ` (process ${info.pid} gone)`}\n`);
+      for (const t of info.tasks) writeStdout(`${describeTask(t)}\n`);
     }
     return EXIT.ok;
   } catch (err) {
@@ -329,16 +340,16 @@ async function cancel(graph: string, task: string | undefined, opts: ReadOptions
     const target = (i: GraphInfo): boolean => (task === undefined ? i.status !== 'pending' && i.status !== 'running' : isFinal(findTask(i, task).status));
     if (target(info)) {
       const status = task === undefined ? info.status : findTask(info, task).status;
-      if (json) process.stdout.write(`${JSON.stringify({ graph, task, status, cancelled: false })}\n`);
-      else process.stdout.write(`${task ?? graph} is already ${status}\n`);
+      if (json) writeStdout(`${JSON.stringify({ graph, task, status, cancelled: false })}\n`);
+      else writeStdout(`${task ?? graph} is already ${status}\n`);
       return EXIT.ok;
     }
     await files.requestCancel(graph, { ...(task === undefined ? {} : { task }), ...(opts.reason === undefined ? {} : { reason: opts.reason }) });
     const after = await waitForState(files, graph, target, CANCEL_CONFIRM_MS);
     if (after === undefined) throw new SluiceError('ERR_TASK_NOT_FOUND', `Task graph \`${graph}\` did not confirm the cancellation within ${CANCEL_CONFIRM_MS} ms`, { details: { graph } });
     const status = task === undefined ? after.status : findTask(after, task).status;
-    if (json) process.stdout.write(`${JSON.stringify({ graph, task, status, cancelled: status === 'cancelled' })}\n`);
-    else process.stdout.write(`${task ?? graph}: ${status}\n`);
+    if (json) writeStdout(`${JSON.stringify({ graph, task, status, cancelled: status === 'cancelled' })}\n`);
+    else writeStdout(`${task ?? graph}: ${status}\n`);
     return EXIT.ok;
   } catch (err) {
     return reportError(err, json);

@@ -5,7 +5,7 @@
  */
 import type { Command } from 'commander';
 import { createToken, resolveSecret } from '../server/auth.js';
-import { CLI_DEFAULTS, EXIT, reportError, usageError } from './common.js';
+import { CLI_DEFAULTS, EXIT, reportError, usageError, writeStdout } from './common.js';
 import { readServerConfig } from './serve.js';
 
 interface TokenOptions {
@@ -50,7 +50,7 @@ async function create(opts: TokenOptions): Promise<number> {
     const secret = await resolveSecret({ secret: config.secret, dataDir: opts.data ?? config.dataDir ?? CLI_DEFAULTS.data });
     const spec: Parameters<typeof createToken>[1] = { plugins: opts.plugins, streams: opts.streams, ttl };
     if (opts.subject !== undefined) spec.subject = opts.subject;
-    process.stdout.write(`${await createToken(secret, spec)}\n`);
+    writeStdout(`${await createToken(secret, spec)}\n`);
     return EXIT.ok;
   } catch (err) {
     return reportError(err, false);

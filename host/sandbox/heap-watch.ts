@@ -89,7 +89,10 @@ export class WorkerHeapWatch {
     try {
       session = new Session();
       session.connect();
-    } catch {
+    } catch (err) {
+      // Not fatal (a Node built without the inspector): worker streams then have only
+      // V8's backstop. Said once, where an operator will see it.
+      process.emitWarning(`Worker memoryMb is not enforced: no inspector session (${(err as Error)?.message ?? String(err)}); only V8's limit at ~3x stops a worker`, { code: 'SLUICE_NO_HEAP_WATCH' });
       return;
     }
     this.#session = session;

@@ -7,7 +7,7 @@
  *   that runs one stream is that stream's CPU time (blocking syscalls aside).
  * - memoryMb: the thread's heap plus its external memory (ArrayBuffer backing stores),
  *   sampled through the inspector every check interval (heap-watch.ts says why and what
- *   is not counted), with V8 `resourceLimits` at about twice the limit as the heap's
+ *   is not counted), with V8 `resourceLimits` at about three times the limit as the heap's
  *   backstop (one Piscina pool per distinct limit). External memory has no backstop: a
  *   plugin allocating buffers in a tight loop overshoots by what it allocates in one
  *   interval. One heap allocation past the backstop still aborts the process on Node 20:
@@ -69,6 +69,8 @@ interface Running {
   memoryMb: number;
   /** A memory sample is on its way. */
   sampling: boolean;
+  /** When this stream's thread was last made to collect its garbage (performance.now()). */
+  collectedAt: number;
   worker: Worker | undefined;
   eluStart: ReturnType<Worker['performance']['eventLoopUtilization']> | undefined;
   /** Set once the stream's outcome is known; later messages are dropped. */
@@ -79,6 +81,13 @@ interface Running {
   /** Fallback for a task that finished without its final message. */
   finalTimer: NodeJS.Timeout | undefined;
 }
+
+/**
+ * The least time between two forced collections of one stream's thread. A stream over
+ * its limit only by garbage-to-be would otherwise be paused at every check; one that is
+ * over for real is stopped within this much more.
+ */
+const COLLECT_GAP_MS = 250;
 
 /** How long a finished task's final message may lag behind the task's own result. */
 const FINAL_MESSAGE_GRACE_MS = 1000;
@@ -181,6 +190,7 @@ export class WorkerPool implements SandboxPool {
       cpuMs: spec.limits.cpuMs,
       memoryMb: spec.limits.memoryMb,
       sampling: false,
+      collectedAt: -Infinity,
       worker: undefined,
       eluStart: undefined,
       exited: false,
@@ -312,6 +322,11 @@ export class WorkerPool implements SandboxPool {
     // Over only with external memory, which may be buffers the plugin already dropped (a
     // stream churning 64 KiB-1 MiB buffers while holding 20 MiB passed 64 MiB): count
     // what survives a collection, as isolated-vm does before it fails an allocation.
+    // A forced collection pauses the plugin for ~45-250 ms: at most one per COLLECT_GAP_MS,
+    // and in between an over-by-external-memory sample waits for the next one.
+    const now = performance.now();
+    if (now - run.collectedAt < COLLECT_GAP_MS) return undefined;
+    run.collectedAt = now;
     const collected = await watch.collectGarbage(threadId);
     if (run.exited || run.stopReason !== undefined) return undefined;
     if (!collected) return first;

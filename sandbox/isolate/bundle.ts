@@ -56,6 +56,7 @@ function isNodeBuiltin(spec: string): boolean {
 
 /** The runtime's own module tree: it may import within it, and nothing else may. */
 const SLUICE_DIRS = [path.dirname(path.dirname(RUNTIME_PATH)), path.dirname(PROTOCOL_PATH)].map((d) => realpathSync(d));
+const REAL_RUNTIME_PATH = realpathSync(RUNTIME_PATH);
 const STUB_NAMESPACE = 'sluice-node-stub';
 /** The generated entry's file name (it exists only in memory, beside the plugin's entry). */
 const STDIN_SOURCE = 'sluice-isolate-entry.js';
@@ -71,8 +72,16 @@ function inside(file: string, dirs: readonly string[]): boolean {
  * `builtins`), and keep every other import inside `root` or, for the runtime's own
  * modules, inside sluice's tree.
  */
-function isolateResolver(entry: string, root: string, stubBuiltins: boolean, builtins: string[]): esbuild.Plugin {
-  const realRoot = [realpathSync(root)];
+function isolateResolver(entry: string, root: string, stubBuiltins: boolean, builtins: Set<string>): esbuild.Plugin {
+  const stdinImporter = path.join(path.dirname(entry), STDIN_SOURCE);
+  // What each importer may reach: the generated entry its two modules, sluice's modules
+  // their own tree, and the plugin's files its folder.
+  const fromStdin = [realpathSync(entry), REAL_RUNTIME_PATH];
+  const pluginDirs = [realpathSync(root)];
+  const reachable = (importer: string, file: string): boolean => {
+    if (importer === stdinImporter) return fromStdin.includes(file);
+    return inside(file, inside(realpathSync(importer), SLUICE_DIRS) ? SLUICE_DIRS : pluginDirs);
+  };
   return {
     name: 'sluice-isolate',
     setup(build) {
@@ -84,7 +93,7 @@ function isolateResolver(entry: string, root: string, stubBuiltins: boolean, bui
       build.onResolve({ filter: /.*/ }, async (args) => {
         if (args.kind === 'entry-point' || args.pluginData === OWN_RESOLVE) return undefined;
         if (isNodeBuiltin(args.path)) {
-          builtins.push(args.path);
+          builtins.add(args.path);
           if (stubBuiltins) return { path: args.path, namespace: STUB_NAMESPACE };
           return {
             errors: [
@@ -97,14 +106,8 @@ function isolateResolver(entry: string, root: string, stubBuiltins: boolean, bui
         const found = await build.resolve(args.path, { kind: args.kind, resolveDir: args.resolveDir, importer: args.importer, pluginData: OWN_RESOLVE });
         if (found.errors.length > 0 || found.namespace !== 'file' || found.path === '') return found.errors.length > 0 ? { errors: found.errors } : undefined;
         const file = realpathSync(found.path);
-        const fromStdin = args.importer === path.join(path.dirname(entry), STDIN_SOURCE);
-        const allowed = fromStdin
-          ? file === realpathSync(entry) || file === realpathSync(RUNTIME_PATH)
-          : inside(realpathSync(args.importer), SLUICE_DIRS)
-            ? inside(file, SLUICE_DIRS)
-            : inside(file, realRoot);
-        if (!allowed) {
-          return { errors: [{ text: `Plugin imports "${args.path}" (${file}), outside its folder ${realRoot[0]}: isolate plugins can import only their own files` }] };
+        if (!reachable(args.importer, file)) {
+          return { errors: [{ text: `Plugin imports "${args.path}" (${file}), outside its folder ${pluginDirs[0]}: isolate plugins can import only their own files` }] };
         }
         return { path: found.path, sideEffects: found.sideEffects };
       });
@@ -146,7 +149,7 @@ export async function bundleForIsolate(entryPath: string, options: BundleOptions
   options.signal?.throwIfAborted();
   const entry = path.resolve(entryPath);
   const root = path.resolve(opts.root ?? path.dirname(entry));
-  const builtins: string[] = [];
+  const builtins = new Set<string>();
   const contents = [
     `export { dispatch } from ${JSON.stringify(RUNTIME_PATH)};`,
     `import { register } from ${JSON.stringify(RUNTIME_PATH)};`,
@@ -175,7 +178,7 @@ export async function bundleForIsolate(entryPath: string, options: BundleOptions
       const messages = err.errors.map(formatMessage);
       throw new SluiceError('ERR_PLUGIN_LOAD', `Plugin ${entry} does not bundle for an isolate:\n${messages.join('\n')}`, {
         cause: err,
-        details: { entry, errors: messages, ...(builtins.length > 0 ? { builtins: [...new Set(builtins)] } : {}) },
+        details: { entry, errors: messages, ...(builtins.size > 0 ? { builtins: [...builtins] } : {}) },
       });
     }
     throw new SluiceError('ERR_PLUGIN_LOAD', `Bundling ${entry} failed: ${String((err as Error)?.message ?? err)}`, { cause: err });
